@@ -1,0 +1,216 @@
+"""foldpass's command line: parses arguments and calls the library; nothing else.
+
+Exit codes: 0 success; 1 the verification gate failed (or an internal error); 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+from .errors import FoldpassError, InputError
+
+
+def _add_optimize(sub) -> None:
+    from .passes import PIPELINES
+    from .passes.affine_folding import DEFAULT_MAX_FOLD_BYTES
+    from .verify import DEFAULT_ATOL, DEFAULT_RTOL
+
+    p = sub.add_parser("optimize", help="trace a model, run the passes, write verified ONNX")
+    p.add_argument("source", help="model.pt2 | model.pt (with --trust-pickle) | pkg.module:build")
+    p.add_argument("-o", "--output", required=True, help="the ONNX file to write")
+    p.add_argument("--input-shape", help="example input shape with batch, e.g. 1,1,28,28 (required except for .pt2)")
+    p.add_argument("--weights", help="state dict for pkg.module:build (loaded with weights_only=True)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a full torch.save(model) file")
+    p.add_argument("--pipeline", default="default", choices=list(PIPELINES), help="which passes to run")
+    p.add_argument("--set-t", type=float, metavar="VALUE", help="set every blend weight t to VALUE first")
+    p.add_argument("--max-fold-bytes", type=int, default=DEFAULT_MAX_FOLD_BYTES,
+                   help="largest Gemm weight a fold may create (default 256 MiB)")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime verification gate")
+    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help="verification rtol, relative to output scale")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="verification atol")
+    p.add_argument("--inputs", help=".npy file of extra inputs (with batch) for the verification gate")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+    p.add_argument("--report", help="also write the report as JSON to this file")
+    p.add_argument("--explain", action="store_true", help="list every region and every rule's decision")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--bench", action="store_true", help="then benchmark the original against the output")
+    p.set_defaults(func=cmd_optimize)
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time ONNX models side by side under onnxruntime")
+    p.add_argument("models", nargs="+", help="ONNX files; ratios are against the first")
+    p.add_argument("--provider", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--batch", default="1,64", help="batch sizes, comma-separated (default 1,64)")
+    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds (median over them)")
+    p.add_argument("--peers", action="store_true", help="also time the first model after ORT_ENABLE_ALL and onnxsim")
+    p.add_argument("--json", help="write the results as JSON")
+    p.add_argument("--plot", help="write a bar chart (PNG)")
+    p.set_defaults(func=cmd_bench)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="fold the paper's linear ResNet34 into one Gemm and time it (no files needed)")
+    p.add_argument("-o", "--output", help="where to write the folded ONNX (default: a temporary directory)")
+    p.add_argument("--width", type=int, default=64, help="ResNet base width (64 is the paper's)")
+    p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="foldpass", description="Fold trained CNNs into faster, verified ONNX.")
+    parser.add_argument("--version", action="version", version=f"foldpass {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_optimize(sub)
+    _add_bench(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False)
+
+
+def _status(console, text: str):
+    from rich.console import Console
+
+    return Console(stderr=True).status(text) if console.is_terminal else _Null()
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, *_a, **_k):
+        pass
+
+
+def cmd_optimize(args) -> int:
+    import foldpass
+
+    output = os.path.abspath(args.output)
+    if os.path.exists(output) and not args.force:
+        raise InputError(f"{args.output} exists; pass --force to overwrite it")
+    if os.path.isdir(output):
+        raise InputError(f"{args.output} is a directory")
+    if not os.path.isdir(os.path.dirname(output)):
+        raise InputError(f"output directory does not exist: {os.path.dirname(output)}")
+    console = _console()
+    shape = foldpass.parse_input_shape(args.input_shape)
+    extra = foldpass.load_npy_inputs(args.inputs) if args.inputs else []
+    with _status(console, "loading") as status:
+        model, inputs = foldpass.load_source(args.source, shape, args.weights, args.trust_pickle)
+        status.update("tracing and running passes")
+        result = foldpass.optimize(model, inputs, pipeline=args.pipeline, set_t=args.set_t,
+                                   max_fold_bytes=args.max_fold_bytes, source=args.source,
+                                   on_pass=lambda name: status.update(f"pass: {name}"))
+        status.update("exporting ONNX and verifying under onnxruntime")
+        try:
+            result.save_onnx(output, verify_output=not args.no_verify, rtol=args.rtol, atol=args.atol,
+                             extra_inputs=extra, opset=args.opset)
+        finally:
+            if args.report:
+                result.report.to_json(args.report)
+    result.report.render(console, explain=args.explain)
+    console.print(f"wrote {args.output}")
+    if args.bench:
+        _bench_pair(result, output, console)
+    return 0
+
+
+def _bench_pair(result, output: str, console) -> None:
+    from .bench import bench
+    from .export import save_atomic, to_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        original = os.path.join(tmp, "original.onnx")
+        save_atomic(to_onnx(result.original, result.inputs), original)
+        res = bench([original, output], ["original", "foldpass"], batches=(1, 64), progress=console.is_terminal)
+    print(res.markdown())
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench, bench_with_peers
+
+    try:
+        batches = tuple(int(b) for b in args.batch.split(","))
+    except ValueError:
+        raise InputError(f"--batch must be integers separated by commas; got '{args.batch}'") from None
+    console = _console()
+    run = bench_with_peers if args.peers else bench
+    res = run(args.models, provider=args.provider, batches=batches, rounds=args.rounds, progress=console.is_terminal)
+    print(res.markdown())
+    for note in res.notes:
+        console.print(f"note: {note}")
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(res.as_dict(), f, indent=2)
+    if args.plot:
+        res.plot(args.plot)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import torch
+
+    import foldpass
+    from models import linear_resnet34
+
+    from .bench import bench
+    from .export import save_atomic, to_onnx
+
+    console = _console()
+    torch.manual_seed(0)
+    model = foldpass.randomize_batchnorm(linear_resnet34(width=args.width)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with tempfile.TemporaryDirectory() as tmp:
+        output = os.path.abspath(args.output) if args.output else os.path.join(tmp, "linear_resnet34.folded.onnx")
+        with _status(console, "folding the linear ResNet34") as status:
+            result = foldpass.optimize(model, x, source="models:linear_resnet34 (random weights, random BN statistics)")
+            status.update("exporting and verifying")
+            result.save_onnx(output)
+            original = os.path.join(tmp, "original.onnx")
+            save_atomic(to_onnx(model, (x,)), original)
+        result.report.render(console)
+        res = bench([original, output], ["linear ResNet34 (original)", "folded: one Gemm"], batches=(64,),
+                    rounds=5, progress=console.is_terminal)
+    print(res.markdown())
+    console.print(f"speed-up at batch 64 on {res.provider}: {res.timings[1].speedup:,.0f}x")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except FoldpassError as exc:
+        if args.debug:
+            raise
+        print(f"foldpass: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("foldpass: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug
+        if args.debug:
+            raise
+        print(f"foldpass: internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+              " (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The library's front door: `optimize(model, example_input)` -> OptimizeResult."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.fx as fx
+from torch.export import ExportedProgram
+
+from .errors import InputError
+from .export import DEFAULT_OPSET, onnx_op_counts, save_atomic, to_onnx
+from .homotopy import set_t as _set_t
+from .ir import STATIC_KEY, trace
+from .passes import run_pipeline
+from .passes.affine_folding import DEFAULT_MAX_FOLD_BYTES
+from .report import GraphStats, Report
+from .verify import DEFAULT_ATOL, DEFAULT_RTOL, Verification, verification_inputs, verify
+
+
+@dataclass
+class OptimizeResult:
+    """The optimized GraphModule (runnable in PyTorch), what was done, and how to write it out."""
+
+    module: fx.GraphModule
+    report: Report
+    original: torch.nn.Module = field(repr=False)
+    inputs: tuple[torch.Tensor, ...] = field(repr=False)
+
+    def to_onnx(self, opset: int = DEFAULT_OPSET):
+        return to_onnx(self.module, self.inputs, opset=opset, dynamic_batch=self.report.static_batch is None)
+
+    def save_onnx(self, path: str | os.PathLike, verify_output: bool = True, rtol: float = DEFAULT_RTOL,
+                  atol: float = DEFAULT_ATOL, extra_inputs: list[tuple[torch.Tensor, ...]] = (),
+                  opset: int = DEFAULT_OPSET) -> Verification | None:
+        """Exports to ONNX, checks it against the original under onnxruntime, then writes `path`.
+
+        On a failed check VerificationError is raised and `path` is left untouched.
+        """
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise InputError(f"output directory does not exist: {directory}")
+        if not os.access(directory, os.W_OK):
+            raise InputError(f"output directory is not writable: {directory}")
+        t0 = time.perf_counter()
+        model = self.to_onnx(opset)
+        self.report.timings["export"] = time.perf_counter() - t0
+        self.report.onnx_ops = onnx_op_counts(model)
+        result = None
+        if verify_output:
+            t0 = time.perf_counter()
+            cases = verification_inputs(self.inputs, self.report.static_batch, extra_inputs)
+            result = verify(model, self.original, cases, rtol=rtol, atol=atol)
+            self.report.verification = result.as_dict()
+            self.report.timings["verify"] = time.perf_counter() - t0
+        save_atomic(model, path)
+        return result
+
+
+def _as_inputs(example) -> tuple[torch.Tensor, ...]:
+    inputs = example if isinstance(example, (tuple, list)) else (example,)
+    if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+        raise InputError("example_input must be a tensor or a tuple of tensors")
+    for x in inputs:
+        if not x.is_floating_point():
+            raise InputError(f"example input has dtype {x.dtype}; foldpass optimizes floating-point inputs")
+        if x.dim() == 0:
+            raise InputError("example input must have a batch dimension")
+    return tuple(inputs)
+
+
+def _prepare(model: torch.nn.Module, t: float | None, report_warnings: list[str]) -> torch.nn.Module:
+    """A copy of the model in eval mode with t set: the caller's module is never changed."""
+    model = copy.deepcopy(model)
+    if model.training:
+        report_warnings.append("the model was in training mode: optimized in eval mode (batch norm uses its "
+                               "running statistics, dropout is off)")
+    model.eval()
+    if t is not None:
+        count = _set_t(model, t)
+        if not count:
+            report_warnings.append(f"--set-t {t}: no blend weight found (no Blend module, no attribute or buffer named t)")
+    return model
+
+
+def optimize(model: torch.nn.Module | ExportedProgram, example_input, *, pipeline: str = "default",
+             set_t: float | None = None, max_fold_bytes: int = DEFAULT_MAX_FOLD_BYTES,
+             source: str | None = None, on_pass: Callable[[str], None] | None = None) -> OptimizeResult:
+    """Traces `model`, runs the named pipeline to a fixed point, and reports what changed.
+
+    `example_input`: a tensor (or tuple of tensors) with a batch dimension; its values do not matter.
+    """
+    from .passes import get_pipeline
+
+    get_pipeline(pipeline)  # a bad name fails before any work
+    inputs = _as_inputs(example_input)
+    report_warnings: list[str] = []
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if isinstance(model, ExportedProgram):
+        if set_t is not None:
+            raise InputError("--set-t needs the module: an exported program's weights are fixed")
+        original = model.module()
+        gm = trace(model, inputs)
+    elif isinstance(model, torch.nn.Module):
+        original = _prepare(model, set_t, report_warnings)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gm = trace(original, inputs)
+    else:
+        raise InputError(f"cannot optimize a {type(model).__name__}: expected an nn.Module or an ExportedProgram")
+    timings["trace"] = time.perf_counter() - t0
+    before = GraphStats.of(gm)
+    t0 = time.perf_counter()
+    result = run_pipeline(gm, pipeline, max_fold_bytes=max_fold_bytes, on_pass=on_pass)
+    timings["passes"] = time.perf_counter() - t0
+    optimized = result.module
+    static = optimized.meta.get(STATIC_KEY)
+    if static:
+        report_warnings.append(f"the model fixes its batch size: optimized and exported with batch {static}")
+    report = Report(
+        source=source or type(model).__name__, pipeline=pipeline, input_shapes=[list(x.shape) for x in inputs],
+        before=before, after=GraphStats.of(optimized), notes=result.notes, rounds=result.rounds,
+        static_batch=static, timings=timings, warnings=report_warnings,
+    )
+    report.max_error = _max_error(optimized, original, inputs, static)
+    return OptimizeResult(optimized, report, original, inputs)
+
+
+def _max_error(optimized: fx.GraphModule, original: torch.nn.Module, inputs, static) -> float:
+    worst = 0.0
+    with torch.no_grad():
+        for case in verification_inputs(inputs, static):
+            a, b = optimized(*case), original(*case)
+            a, b = (a,) if isinstance(a, torch.Tensor) else a, (b,) if isinstance(b, torch.Tensor) else b
+            for x, y in zip(a, b):
+                worst = max(worst, (x.float() - y.float()).abs().max().item())
+    return worst

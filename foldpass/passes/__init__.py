@@ -1,0 +1,15 @@
+"""foldpass's passes: one file each, every one a function GraphModule -> PassResult."""
+
+from .affine_folding import affine_folding
+from .base import Note, PassResult
+from .batchnorm_folding import batchnorm_folding
+from .constant_propagation import constant_propagation
+from .linear_regions import find_linear_regions, linear_region_detection
+from .manager import PIPELINES, PipelineResult, get_pipeline, run_pipeline
+from .zero_skip_elimination import zero_skip_elimination
+
+__all__ = [
+    "PIPELINES", "Note", "PassResult", "PipelineResult", "affine_folding", "batchnorm_folding",
+    "constant_propagation", "find_linear_regions", "get_pipeline", "linear_region_detection",
+    "run_pipeline", "zero_skip_elimination",
+]

@@ -1,0 +1,95 @@
+"""Batch-norm folding: BN(conv(x)) -> conv'(x), BN(linear(x)) -> linear'(x).
+
+    W' = W * gamma / sqrt(var + eps)                (per output channel)
+    b' = (b - mean) * gamma / sqrt(var + eps) + beta
+
+The arithmetic is torch.nn.utils.fusion's (fuse_conv_bn_weights, fuse_linear_bn_weights),
+run in float64 and cast back to the weights' dtype. Folds only an eval-mode BN
+(`_native_batch_norm_legit_no_training`) whose input is a conv / addmm read by nothing else.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+from ..ir import add_constant, constant_value, drop_unused_attrs
+from .base import Notes, PassResult
+
+NAME = "batchnorm_folding"
+aten = torch.ops.aten
+_BN = aten._native_batch_norm_legit_no_training.default
+
+
+def _f64(t):
+    return None if t is None else t.detach().to(torch.float64)
+
+
+def _bn_output(bn: fx.Node) -> fx.Node | None:
+    """The getitem(bn, 0) node, if the BN's statistics outputs are unused."""
+    outs = [u for u in bn.users if u.target is operator.getitem]
+    if len(outs) != len(bn.users) or any(u.args[1] != 0 for u in outs if u.users) or not outs:
+        return None
+    live = [u for u in outs if u.args[1] == 0]
+    return live[0] if len(live) == 1 else None
+
+
+def _why_not(gm: fx.GraphModule, bn: fx.Node) -> str | None:
+    producer = bn.args[0]
+    if not isinstance(producer, fx.Node) or producer.target not in (aten.convolution.default, aten.addmm.default):
+        return f"its input is {getattr(producer, 'name', producer)}, not a conv or linear"
+    if len(producer.users) != 1:
+        return f"{producer.name} is also read elsewhere ({len(producer.users)} users)"
+    consts = [constant_value(gm, a) for a in bn.args[1:5]]
+    if any(c is not None and not isinstance(c, torch.Tensor) for c in consts) or consts[2] is None or consts[3] is None:
+        return "its statistics are not constant tensors"
+    if producer.target == aten.convolution.default:
+        if constant_value(gm, producer.args[1]) is None or (producer.args[2] is not None and constant_value(gm, producer.args[2]) is None):
+            return f"{producer.name}'s weights are computed at run time"
+    elif constant_value(gm, producer.args[0]) is None or constant_value(gm, producer.args[2]) is None:
+        return f"{producer.name}'s weights are computed at run time"
+    if _bn_output(bn) is None:
+        return "its batch statistics outputs are used"
+    return None
+
+
+def batchnorm_folding(gm: fx.GraphModule) -> PassResult:
+    """Replaces an eval-mode BN after a conv or linear by rescaled weights of that conv / linear."""
+    notes = Notes(NAME)
+    folded = 0
+    kinds = {"conv": 0, "linear": 0}
+    for bn in list(gm.graph.nodes):
+        if bn.op != "call_function" or bn.target != _BN:
+            continue
+        why = _why_not(gm, bn)
+        if why:
+            notes.declined(f"batch norm kept: {why}", bn.name)
+            continue
+        producer, out = bn.args[0], _bn_output(bn)
+        gamma, beta, mean, var = (constant_value(gm, a) for a in bn.args[1:5])
+        eps = float(bn.args[6])
+        if producer.target == aten.convolution.default:
+            w, b = constant_value(gm, producer.args[1]), constant_value(gm, producer.args[2])
+            dtype = w.dtype
+            w2, b2 = fuse_conv_bn_weights(_f64(w), _f64(b), _f64(mean), _f64(var), eps, _f64(gamma), _f64(beta),
+                                          transpose=bool(producer.args[6]))
+            new_w = add_constant(gm, w2.to(dtype), "w", before=producer)
+            new_b = add_constant(gm, b2.to(dtype), "b", before=producer)
+            producer.args = (producer.args[0], new_w, new_b, *producer.args[3:])
+        else:  # addmm(bias, x, W^T)
+            b, wt = constant_value(gm, producer.args[0]), constant_value(gm, producer.args[2])
+            dtype = wt.dtype
+            w2, b2 = fuse_linear_bn_weights(_f64(wt.t()), _f64(b), _f64(mean), _f64(var), eps, _f64(gamma), _f64(beta))
+            new_wt = add_constant(gm, w2.t().to(dtype), "w", before=producer)
+            new_b = add_constant(gm, b2.to(dtype), "b", before=producer)
+            producer.args = (new_b, producer.args[1], new_wt, *producer.args[3:])
+        out.replace_all_uses_with(producer)
+        folded += 1
+        kinds["conv" if producer.target == aten.convolution.default else "linear"] += 1
+    if folded:
+        drop_unused_attrs(gm)
+        notes.applied("folded " + ", ".join(f"{k} batch norm(s) into their {c}" for c, k in kinds.items() if k))
+    return PassResult(gm, folded > 0, notes)

@@ -1,0 +1,102 @@
+"""Constant propagation: op(constants...)  ->  one constant.
+
+    f(c1, ..., ck)  ->  C          with C = f(c1, ..., ck) evaluated once, here
+
+A node is constant when every tensor it reads is a parameter, buffer or an earlier constant
+(`1 - t`, `t / 3`, `permute(fc.weight)`, `w[1]`). Only the frontier is materialized -- constants
+that a data-dependent node reads -- and each is evaluated exactly as the runtime would have
+(same op, same dtype), so the result is bit-for-bit what the original computed.
+A constant that would be larger than what it is computed from (an `expand`) is left as is.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+
+from ..ir import add_constant, attr, drop_unused_attrs
+from .base import Notes, PassResult
+
+NAME = "constant_propagation"
+
+_IMPURE = {"rand", "randn", "rand_like", "randn_like", "bernoulli", "dropout", "native_dropout",
+           "empty", "empty_like", "uniform", "normal", "randint", "randperm"}
+
+
+def _is_pure(node: fx.Node) -> bool:
+    target = node.target
+    if target is operator.getitem:
+        return True
+    if isinstance(target, torch._ops.OpOverload):
+        base = target._schema.name.split("::")[-1]
+        return base not in _IMPURE and not target._schema.is_mutable
+    return False
+
+
+def constant_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """Nodes whose value does not depend on any graph input."""
+    const: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            const.add(node)
+        elif node.op == "call_function" and _is_pure(node):
+            if all(arg in const for arg in node.all_input_nodes):
+                const.add(node)
+    return const
+
+
+def _materialize(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, object]) -> object:
+    if node in env:
+        return env[node]
+    if node.op == "get_attr":
+        value = attr(gm, node.target)
+    else:
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: _materialize(gm, n, env))
+        with torch.no_grad():
+            value = node.target(*args, **kwargs)
+    env[node] = value
+    return value
+
+
+def constant_propagation(gm: fx.GraphModule) -> PassResult:
+    """Replaces every constant subexpression that data-dependent nodes read by one precomputed tensor."""
+    notes = Notes(NAME)
+    const = constant_nodes(gm)
+    env: dict[fx.Node, object] = {}
+    folded: dict[str, int] = {}
+    for node in list(gm.graph.nodes):
+        if node not in const or node.op == "get_attr" or not any(u not in const for u in node.users):
+            continue
+        value = _materialize(gm, node, env)
+        if not isinstance(value, torch.Tensor):
+            continue  # tuples (a getitem will fold) or Python numbers (already literals downstream)
+        sources = sum(attr(gm, n.target).numel() for n in _leaves(node) if isinstance(attr(gm, n.target), torch.Tensor))
+        if value.numel() > max(sources, 1):
+            notes.declined(f"kept {node.name}: its value ({value.numel()} elements) is larger than its "
+                           f"inputs ({sources}); materializing it would grow the model", node.name)
+            continue
+        new = add_constant(gm, value, "const", before=node)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        name = node.name.rstrip("_0123456789") or node.name
+        folded[name] = folded.get(name, 0) + 1
+    if folded:
+        drop_unused_attrs(gm)
+        summary = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in sorted(folded.items()))
+        notes.applied(f"precomputed {sum(folded.values())} constant subexpression(s): {summary}")
+    return PassResult(gm, bool(folded), notes)
+
+
+def _leaves(node: fx.Node) -> set[fx.Node]:
+    seen, stack, leaves = set(), [node], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "get_attr":
+            leaves.add(n)
+        stack.extend(n.all_input_nodes)
+    return leaves

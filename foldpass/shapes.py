@@ -1,0 +1,87 @@
+"""Shapes by running the graph: each tensor value's shape at two batch sizes.
+
+A value is *batch-major* when dim 0 follows the batch size and every other dim stays put.
+Every op a linear region may hold must keep its values batch-major: that one check
+rejects whatever mixes samples (a view over the batch, a sum over dim 0, a cat on dim 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from .ir import STATIC_KEY, inputs_of, random_like
+
+DYNAMIC_BATCHES = (1, 2)
+
+
+@dataclass(frozen=True)
+class ShapeInfo:
+    shapes: tuple[tuple[int, ...], ...]  # one per batch size in `batches`
+    batches: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def batch_major(self) -> bool:
+        first = self.shapes[0]
+        return all(
+            len(s) >= 1 and s[0] == b and s[1:] == first[1:] for s, b in zip(self.shapes, self.batches)
+        )
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample (dim 0 dropped); only meaningful when batch_major."""
+        return self.shapes[0][1:]
+
+    @property
+    def sample_numel(self) -> int:
+        n = 1
+        for d in self.sample_shape:
+            n *= d
+        return n
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape at the first batch size (1 unless the graph has a static batch)."""
+        return self.shapes[0]
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.seen: dict[fx.Node, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            self.seen[n] = (tuple(out.shape), out.dtype)
+        return out
+
+
+def batches_of(gm: fx.GraphModule) -> tuple[int, ...]:
+    static = gm.meta.get(STATIC_KEY)
+    return (static,) if static else DYNAMIC_BATCHES
+
+
+def sample_inputs(gm: fx.GraphModule, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    return tuple(
+        random_like((batch, *x.shape[1:]), x.dtype, seed=seed + i) for i, x in enumerate(inputs_of(gm))
+    )
+
+
+def infer_shapes(gm: fx.GraphModule) -> dict[fx.Node, ShapeInfo]:
+    """Runs gm at each batch size of `batches_of(gm)` and records every tensor value's shape."""
+    batches = batches_of(gm)
+    runs = []
+    with torch.no_grad():
+        for b in batches:
+            rec = _Recorder(gm)
+            rec.run(*sample_inputs(gm, b))
+            runs.append(rec.seen)
+    return {
+        node: ShapeInfo(tuple(run[node][0] for run in runs), batches, shape_dtype[1])
+        for node, shape_dtype in runs[0].items()
+        if all(node in run for run in runs)
+    }

@@ -1,0 +1,72 @@
+"""Affine folding (Theorem 3.1) and the linear-region detection it relies on."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import models
+from conftest import check_pass
+from foldpass import randomize_batchnorm, trace
+from foldpass.passes import affine_folding, constant_propagation, find_linear_regions, linear_region_detection
+
+PREP = (lambda gm: constant_propagation(gm),)
+
+
+def test_linear_cnn3_folds_to_one_gemm():
+    model = randomize_batchnorm(models.CNN3(width=4, linear=True))
+    check_pass(affine_folding, model, {"_native_batch_norm_legit_no_training": -2, "add": -1, "convolution": -3,
+                                       "mul": -2, "upsample_nearest2d": -1}, prep=PREP)
+
+
+def test_relu_stops_a_region():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 16), nn.Linear(16, 10))
+    gm = constant_propagation(trace(model.eval(), (torch.randn(2, 1, 28, 28),))).module
+    regions = find_linear_regions(gm)
+    assert len(regions) == 2  # view -> addmm | relu | addmm -> addmm
+    # the second region (two Linears, 32 -> 16 -> 10) folds to one 32 -> 10 Gemm; the ReLU stays
+    check_pass(affine_folding, model, {"addmm": -1}, prep=PREP)
+
+
+def test_region_over_the_memory_cap_is_kept():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.Linear(64, 10))
+    result = check_pass(affine_folding, model, {}, prep=PREP, max_fold_bytes=1000)
+    assert any("max_fold_bytes" in n.message for n in result.notes)
+
+
+def test_conv_that_a_gemm_would_make_costlier_is_kept():
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU())
+    result = check_pass(affine_folding, model, {}, prep=PREP)
+    assert any(n.action == "declined" and "MACs" in n.message for n in result.notes)
+
+
+def test_two_input_region_is_kept_with_a_reason():
+    class TwoIn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x):
+            return F.relu(self.a(x)) + F.relu(self.b(x))
+
+    result = check_pass(affine_folding, TwoIn(), {}, prep=PREP)
+    assert any("2 values from outside" in n.message for n in result.notes)
+
+
+def test_region_detection_reports_but_does_not_change():
+    model = models.CNN3(width=4, linear=True)
+    check_pass(linear_region_detection, model, {})
+
+
+def test_folded_w_is_right_on_its_own_scale_when_the_bias_dominates():
+    """|(f(x) - f(y)) - W (x - y)| / |f(x) - f(y)| <= 1e-3, with a bias 1e4 times the signal."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 26 * 26, 10)).eval()
+    with torch.no_grad():
+        model[2].bias.fill_(1e4)
+    gm = affine_folding(constant_propagation(trace(model, (torch.randn(2, 1, 28, 28),))).module).module
+    x, y = torch.randn(1, 1, 28, 28), torch.randn(1, 1, 28, 28)
+    w = next(getattr(gm, n.target) for n in gm.graph.nodes if n.op == "get_attr" and "_W_" in n.target)
+    with torch.no_grad():
+        ref = model.double()
+        diff = ref(x.double()) - ref(y.double())
+    lin = (x - y).double().reshape(1, -1) @ w.double()
+    assert ((diff - lin).norm() / diff.norm()).item() <= 1e-3

@@ -1,0 +1,40 @@
+import torch
+from torch import nn
+
+from conftest import check_pass
+from foldpass import randomize_batchnorm
+from foldpass.passes import batchnorm_folding, constant_propagation
+
+PREP = (lambda gm: constant_propagation(gm),)
+
+
+def test_conv_bn_folds():
+    model = randomize_batchnorm(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                                              nn.Conv2d(4, 4, 3, bias=False), nn.BatchNorm2d(4)))
+    check_pass(batchnorm_folding, model, {"_native_batch_norm_legit_no_training": -2})
+
+
+def test_transposed_conv_and_linear_bn_fold():
+    model = randomize_batchnorm(nn.Sequential(nn.ConvTranspose2d(1, 3, 2, stride=2), nn.BatchNorm2d(3), nn.Flatten(),
+                                              nn.Linear(3 * 56 * 56, 8), nn.BatchNorm1d(8)))
+    check_pass(batchnorm_folding, model, {"_native_batch_norm_legit_no_training": -2}, prep=PREP)
+
+
+def test_bn_whose_conv_output_is_read_twice_is_kept():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    result = check_pass(batchnorm_folding, randomize_batchnorm(Two()), {})
+    assert any("also read elsewhere" in n.message for n in result.notes)
+
+
+def test_bn_after_relu_is_kept():
+    model = randomize_batchnorm(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.BatchNorm2d(4)))
+    result = check_pass(batchnorm_folding, model, {})
+    assert any("not a conv or linear" in n.message for n in result.notes)

@@ -1,0 +1,39 @@
+import torch
+from torch import nn
+
+from conftest import check_pass
+from foldpass.passes import constant_propagation
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("t", torch.tensor(0.25))
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        return self.conv(x) * (1 - self.t) * (self.t * 2)  # 1 - t and t * 2 are constants
+
+
+def test_folds_constant_subexpressions_exactly():
+    # sub (1 - t) and mul (t * 2) become constants; the two data muls stay
+    result = check_pass(constant_propagation, Scaled(), {"mul": -1, "sub": -1})
+    assert any("precomputed 2" in n.message for n in result.notes)
+
+
+def test_leaves_data_dependent_nodes_alone():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    check_pass(constant_propagation, model, {})
+
+
+def test_does_not_materialize_growing_constants():
+    class Expand(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("s", torch.ones(1, 1, 1, 1))
+
+        def forward(self, x):
+            return x * self.s.expand(1, 1, 28, 28)
+
+    result = check_pass(constant_propagation, Expand(), {})
+    assert any(n.action == "declined" and "larger" in n.message for n in result.notes)

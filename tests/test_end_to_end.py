@@ -1,0 +1,75 @@
+"""The paper's networks through optimize() -> ONNX -> onnxruntime (small widths: the suite stays fast)."""
+
+import onnx
+import pytest
+import torch
+
+import models
+from foldpass import VerificationError, optimize, randomize_batchnorm
+from foldpass.ir import count_ops
+
+
+def onnx_ops(path):
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def test_linear_resnet34_becomes_one_gemm(tmp_path):
+    model = randomize_batchnorm(models.linear_resnet34(width=4))
+    result = optimize(model, torch.randn(1, 1, 28, 28))
+    out = tmp_path / "r34.onnx"
+    v = result.save_onnx(out)
+    ops = onnx_ops(out)
+    assert ops.count("Gemm") == 1
+    assert set(ops) <= {"Gemm", "Reshape", "Flatten", "Shape", "Slice", "Concat", "Constant"}
+    assert v.max_abs_error <= v.tolerance
+    model_onnx = onnx.load(str(out))
+    assert model_onnx.opset_import[0].version >= 17
+    assert model_onnx.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    assert result.report.after.params == 784 * 10 + 10
+
+
+def test_nonlinear_resnet34_at_t0_loses_every_blend_and_the_downsample_convs():
+    model = randomize_batchnorm(models.resnet34(width=4, t=0.0))
+    result = optimize(model, torch.randn(1, 1, 28, 28), pipeline="skips-only")
+    ops = count_ops(result.module)
+    assert ops["convolution"] == 33  # 36 - 3 downsample convs
+    assert "mul" not in ops and "add" not in ops and "sub" not in ops
+
+
+def test_nonlinear_resnet34_default_pipeline(tmp_path):
+    model = randomize_batchnorm(models.resnet34(width=4, t=0.0))
+    result = optimize(model, torch.randn(1, 1, 28, 28))
+    ops = count_ops(result.module)
+    # every 3x3 conv on a 1x1 map is a Gemm (only its centre tap does work): convs + those Gemms = 33
+    assert ops["convolution"] + ops.get("addmm", 0) - 1 == 33
+    assert "mul" not in ops and "add" not in ops and "_native_batch_norm_legit_no_training" not in ops
+    result.save_onnx(tmp_path / "r34.onnx")
+
+
+def test_cnn6_at_t0_equals_the_hand_written_net_without_skips():
+    model = randomize_batchnorm(models.CNN6(width=4, t=0.0)).eval()
+    plain = models.CNN6(width=4, skips=False).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    result = optimize(model, torch.randn(1, 1, 28, 28))
+    hand = optimize(plain, torch.randn(1, 1, 28, 28))
+    assert count_ops(result.module) == count_ops(hand.module)
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(result.module(x), plain(x), rtol=1e-5, atol=1e-6)
+
+
+def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
+    model = models.CNN3(width=4, linear=True)
+    result = optimize(model, torch.randn(1, 1, 28, 28))
+    with torch.no_grad():  # break the optimized module: the gate must catch it
+        attr = next(n.target for n in result.module.graph.nodes if n.op == "get_attr" and "_B_" in n.target)
+        getattr(result.module, attr).add_(1.0)
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(VerificationError, match="differs from the original"):
+        result.save_onnx(out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_caller_model_is_not_changed():
+    model = models.CNN3(width=4, t=0.5).train()
+    optimize(model, torch.randn(1, 1, 28, 28), set_t=0.0)
+    assert model.training and model.blend.t.item() == 0.5
