@@ -54,7 +54,7 @@ class CNN6(nn.Module):
     """
 
     def __init__(self, width: int = 16, num_classes: int = 10, t: float = 0.5, linear: bool = False,
-                 skips: bool = True, in_channels: int = 1, size: int = 28):
+                 skips: bool = True, in_channels: int = 1):
         super().__init__()
         self.skips = skips
         strides = (1, 1, 2, 1, 2, 1)
@@ -66,9 +66,6 @@ class CNN6(nn.Module):
         # layer i (0-based, i >= 2) reads f_0 .. f_{i-2} as shortcuts
         self.blends = nn.ModuleList(MultiBlend(i - 1, t) for i in range(2, len(strides)))
         self.act = _act(linear)
-        final = size
-        for s in strides:
-            final = (final + 2 - 3) // s + 1
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
 
