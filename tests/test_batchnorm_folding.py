@@ -1,4 +1,3 @@
-import torch
 from torch import nn
 
 from conftest import check_pass

@@ -30,9 +30,6 @@ def test_a_failing_pass_is_named():
 
 def test_a_pass_that_breaks_the_graph_is_caught_by_lint():
     def dangling_pass(gm):
-        node = next(n for n in gm.graph.nodes if n.op == "call_function")
-        node.args = (node.args[0], *node.args[1:])
-        gm.graph._len += 0
         out = next(n for n in gm.graph.nodes if n.op == "output")
         gm.graph.erase_node(out)  # a graph without output fails lint
         return PassResult(gm, True, [])
