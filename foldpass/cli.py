@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 
-from .errors import FoldpassError, InputError
+from .errors import FoldpassError, InputError, first_line
 
 
 def _add_optimize(sub) -> None:
@@ -59,6 +59,34 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _add_train(sub) -> None:
+    from .data import DATASETS
+    from .schedules import SCHEDULES
+
+    p = sub.add_parser("train", help="train with blended skips while a schedule drives t to 0; write a .pt2")
+    p.add_argument("source", help="pkg.module:build (e.g. models:resnet34), as for optimize")
+    p.add_argument("-o", "--output", required=True, help="the trained model, a .pt2 file for foldpass optimize")
+    p.add_argument("--weights", help="start from these weights (a state dict, loaded with weights_only=True)")
+    p.add_argument("--schedule", default="paper", choices=SCHEDULES, help="how t falls to 0 (default: paper)")
+    p.add_argument("--t0", type=float, help="starting t (default 0.9 for paper, else 0.5)")
+    p.add_argument("--per", default="epoch", choices=["epoch", "step"], help="update t per epoch or per step")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--data", default="digits", choices=DATASETS, help="digits (bundled, offline) or mnist")
+    p.add_argument("--data-dir", help="where MNIST is (or goes, with --download)")
+    p.add_argument("--download", action="store_true", help="download MNIST into --data-dir")
+    p.add_argument("--limit", type=int, help="use only the first N training and validation images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--convert", action="store_true",
+                   help="blend the model's residual adds first (for a model without Blend modules)")
+    p.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
+    p.add_argument("--resume", help="resume from a checkpoint")
+    p.add_argument("--history", help="write the per-epoch log as JSON")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.set_defaults(func=cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -69,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optimize(sub)
     _add_bench(sub)
     _add_demo(sub)
+    _add_train(sub)
     return parser
 
 
@@ -162,6 +191,56 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import json
+
+    import foldpass
+    from .data import load_dataset
+    from .homotopy import blend_residuals, get_t
+    from .schedules import make_schedule
+    from .training import export_pt2, init_distributed, train
+
+    output = os.path.abspath(args.output)
+    if os.path.exists(output) and not args.force:
+        raise InputError(f"{args.output} exists; pass --force to overwrite it")
+    if not os.path.isdir(os.path.dirname(output)):
+        raise InputError(f"output directory does not exist: {os.path.dirname(output)}")
+    if args.epochs < 1:
+        raise InputError("--epochs must be at least 1")
+    rank, device = init_distributed()
+    console = _console()
+    model, _ = foldpass.load_source(args.source, (1, 1, 28, 28), args.weights)
+    schedule = make_schedule(args.schedule, args.epochs, args.t0, args.per)
+    train_set, val_set = load_dataset(args.data, args.data_dir, args.download, args.limit)
+    if args.per == "step":
+        from torch.utils.data import DataLoader
+
+        steps = len(DataLoader(train_set, batch_size=args.batch_size))
+        schedule = make_schedule(args.schedule, args.epochs, args.t0, "step", steps)
+    if args.convert:
+        model = blend_residuals(model, schedule.value(0), exact=bool(args.weights))
+    elif get_t(model) is None:
+        raise InputError(f"{args.source} has no blend weight t; pass --convert to blend its residual adds")
+    show = rank == 0 and console.is_terminal
+
+    def log(e):
+        if rank == 0:
+            console.print(f"epoch {e.epoch:>3}  t {e.t:<6g} loss {e.train_loss:.4f}  train acc {e.train_acc:6.2%}  "
+                          f"val loss {e.val_loss:.4f}  val acc {e.val_acc:6.2%}  ({e.seconds:.1f} s)")
+
+    history = train(model, train_set, val_set, schedule, args.epochs, lr=args.lr, batch_size=args.batch_size,
+                    seed=args.seed, device=device, checkpoint=args.checkpoint, resume=args.resume,
+                    progress=show, log=log)
+    if rank == 0:
+        export_pt2(model, output)
+        if args.history:
+            with open(args.history, "w") as f:
+                json.dump([vars(h) for h in history], f, indent=2)
+        final = get_t(model)
+        console.print(f"wrote {args.output} (t = {final:g}); next: foldpass optimize {args.output} -o model.onnx")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import torch
 
@@ -207,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line unless --debug
         if args.debug:
             raise
-        print(f"foldpass: internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        print(f"foldpass: internal error: {type(exc).__name__}: {first_line(exc)}"
               " (run with --debug for the traceback)", file=sys.stderr)
         return 1
 

@@ -38,3 +38,9 @@ class PassError(FoldpassError):
         super().__init__(f"pass '{pass_name}' failed: {type(cause).__name__}: {cause}")
         self.pass_name = pass_name
         self.__cause__ = cause
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message cut to its first line: what a one-line error shows."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

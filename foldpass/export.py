@@ -3,37 +3,18 @@ onnx-graphsurgeon (cleanup, toposort), checked by onnx.checker."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
-import warnings
 
 import onnx
 import torch
 import torch.fx as fx
 from torch.export import Dim
 
-from .errors import FoldpassError, InputError
+from .errors import FoldpassError, InputError, first_line
 from .ir import batch_of_two
+from .quiet import quiet
 
 DEFAULT_OPSET = 18
-
-
-@contextlib.contextmanager
-def _quiet():
-    """torch.onnx prints progress lines and warnings; a library call should not."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: int = DEFAULT_OPSET,
@@ -45,7 +26,7 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
     if isinstance(module, fx.GraphModule):
         for m in module.modules():
             m.training = False
-    with _quiet():
+    with quiet():
         try:
             program = torch.onnx.export(module, batch_of_two(inputs) if dynamic_batch else inputs, dynamo=True, opset_version=opset,
                                         dynamic_shapes=dynamic, output_names=output_names, verbose=False)
@@ -53,8 +34,15 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
             if not dynamic_batch:
                 raise FoldpassError(f"ONNX export failed: {type(first).__name__}: {str(first).splitlines()[0]}") from first
             return to_onnx(module, inputs, opset, dynamic_batch=False, output_names=output_names)
-    model = tidy(program.model_proto)
-    onnx.checker.check_model(model, full_check=True)
+    with quiet():
+        model = tidy(program.model_proto)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # noqa: BLE001 - e.g. an op without a kernel for this dtype in this opset
+        hint = ""
+        if any(x.dtype == torch.bfloat16 for x in inputs):
+            hint = " (bfloat16: most ONNX ops take it only from opset 22; cast the model to float32 or float16)"
+        raise FoldpassError(f"the exported ONNX does not pass onnx.checker: {first_line(exc)}{hint}") from exc
     return model
 
 
@@ -85,6 +73,8 @@ def save_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     try:
         onnx.save(model, tmp)
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, permissions: the old file (if any) stays as it was
+        raise FoldpassError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

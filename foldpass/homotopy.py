@@ -10,26 +10,46 @@ reading; its eq. 23 prints the two roles swapped (t * x^(i-1) + (1 - t) * x^(j))
 
 t is a registered buffer, so it is saved with the weights, and at t == 0 `foldpass optimize`
 removes the shortcut and everything only it reads.
+
+`blend_residuals(model, t0)` turns the residual adds of an existing network (torchvision
+ResNet's BasicBlock / Bottleneck, or any fx-traceable model) into blends. With `exact=True`
+(the default) each blend carries the scales that keep a pretrained network's function at t0:
+
+    (1 - t) * (1 / (1 - t0)) * branch + t * (1 / t0) * shortcut   ==   branch + shortcut   at t = t0
+
+bit for bit at t0 = 0.5 (the scales are 2 and 1 * 2 = 2 exactly), to a rounding otherwise. At
+t = 0 what is left is `branch * 1 / (1 - t0)`, which foldpass's scale_folding pass puts into the
+branch's last conv: nothing of the blend remains.
 """
 
 from __future__ import annotations
 
+import operator
+
 import torch
+import torch.fx as fx
 from torch import nn
+
+from .errors import InputError
 
 
 class Blend(nn.Module):
-    """(1 - t) * branch + t * shortcut, t a buffer."""
+    """(1 - t) * branch_scale * branch + t * shortcut_scale * shortcut, t a buffer (scales default 1)."""
 
-    def __init__(self, t: float = 0.5):
+    def __init__(self, t: float = 0.5, branch_scale: float = 1.0, shortcut_scale: float = 1.0):
         super().__init__()
         self.register_buffer("t", torch.tensor(float(t)))
+        self.branch_scale, self.shortcut_scale = float(branch_scale), float(shortcut_scale)
 
     def forward(self, branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        return (1 - self.t) * branch + self.t * shortcut
+        if self.branch_scale == 1.0 and self.shortcut_scale == 1.0:
+            return (1 - self.t) * branch + self.t * shortcut
+        return ((1 - self.t) * self.branch_scale) * branch + (self.t * self.shortcut_scale) * shortcut
 
     def extra_repr(self) -> str:
-        return f"t={self.t.item():g}"
+        scales = "" if self.branch_scale == self.shortcut_scale == 1.0 else \
+            f", branch_scale={self.branch_scale:g}, shortcut_scale={self.shortcut_scale:g}"
+        return f"t={self.t.item():g}{scales}"
 
 
 class MultiBlend(nn.Module):
@@ -63,3 +83,106 @@ def set_t(model: nn.Module, t: float) -> int:
             module.t = float(t)
             count += 1
     return count
+
+
+def get_t(model: nn.Module) -> float | None:
+    """The blend weight of the model's first blend (None if it has none)."""
+    for module in model.modules():
+        t = getattr(module, "t", None)
+        if isinstance(t, torch.Tensor) and t.dim() == 0:
+            return float(t)
+        if isinstance(t, float):
+            return t
+    return None
+
+
+# ----------------------------------------------------------------------------- the converter
+
+_ADDS = {operator.add, operator.iadd, torch.add}
+
+
+def _is_add(node: fx.Node) -> bool:
+    if node.op == "call_function" and node.target in _ADDS:
+        return len(node.args) == 2 and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args)
+    return node.op == "call_method" and node.target in ("add", "add_") and len(node.args) == 2 \
+        and not node.kwargs and all(isinstance(a, fx.Node) for a in node.args)
+
+
+def _ancestors(node: fx.Node, memo: dict) -> frozenset:
+    if node not in memo:
+        stack, seen = [node], set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            stack.extend(n.all_input_nodes)
+        memo[node] = frozenset(seen)
+    return memo[node]
+
+
+def residual_roles(node: fx.Node, memo: dict | None = None) -> tuple[fx.Node, fx.Node] | str:
+    """(branch, shortcut) of a residual add, or why the add is not one.
+
+    The two operands fork from a common value; the shortcut is the side with fewer ops after the
+    fork (none for an identity skip, a 1x1 conv + BN for a projection), the branch the other.
+    """
+    memo = {} if memo is None else memo
+    a, b = node.args
+    anc_a, anc_b = _ancestors(a, memo), _ancestors(b, memo)
+    common = anc_a & anc_b
+    if not common:
+        return "its operands share no input"
+    order = {n: i for i, n in enumerate(node.graph.nodes)}
+    fork = max(common, key=order.__getitem__)
+    fork_anc = _ancestors(fork, memo)
+    ops = lambda anc: sum(1 for n in anc - fork_anc if n.op in ("call_module", "call_function", "call_method"))
+    len_a, len_b = ops(anc_a), ops(anc_b)
+    if len_a == len_b:
+        return f"both operands are {len_a} ops from their fork {fork.name}: no branch / shortcut to tell apart"
+    return (a, b) if len_a > len_b else (b, a)
+
+
+def blend_residuals(model: nn.Module, t: float = 0.5, exact: bool = True) -> fx.GraphModule:
+    """Returns `model` with every residual add `branch + shortcut` replaced by a Blend at weight t.
+
+    The model must be traceable by torch.fx.symbolic_trace (torchvision's ResNets are). With
+    `exact=True`, t must lie in (0, 1) and the converted model computes what `model` computes
+    at that t (see the module docstring); `exact=False` gives the paper's plain blend, as in
+    training from scratch. The parameters are shared with `model`'s modules, not copied.
+    """
+    if exact and not 0.0 < t < 1.0:
+        raise InputError(f"exact conversion needs 0 < t < 1 (the scales are 1 / (1 - t) and 1 / t); got t = {t}")
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"cannot convert: torch.fx.symbolic_trace failed on {type(model).__name__} "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    memo: dict = {}
+    count = 0
+    for node in list(gm.graph.nodes):
+        if not _is_add(node):
+            continue
+        roles = residual_roles(node, memo)
+        if isinstance(roles, str):
+            continue
+        branch, shortcut = roles
+        scales = (1.0 / (1.0 - t), 1.0 / t) if exact else (1.0, 1.0)
+        name = f"blend{count}"
+        gm.add_submodule(name, Blend(t, *scales))
+        with gm.graph.inserting_after(node):
+            blended = gm.graph.call_module(name, (branch, shortcut))
+        node.replace_all_uses_with(blended)
+        gm.graph.erase_node(node)
+        count += 1
+    if not count:
+        raise InputError(f"{type(model).__name__} has no residual add to blend")
+    gm.graph.lint()
+    gm.recompile()
+    gm.training = model.training
+    return gm
+
+
+def blends(model: nn.Module) -> list[nn.Module]:
+    """The model's Blend / MultiBlend modules."""
+    return [m for m in model.modules() if isinstance(m, (Blend, MultiBlend))]

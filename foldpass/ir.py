@@ -60,8 +60,9 @@ def _export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[E
     """Exports with a dynamic batch dimension; falls back to the example's static batch."""
     batch = Dim("batch")
     dynamic = tuple({0: batch} for _ in inputs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    from .quiet import quiet
+
+    with quiet():
         try:
             return torch.export.export(model, batch_of_two(inputs), dynamic_shapes=dynamic, strict=False), False
         except Exception:  # the model specializes its batch size: keep the example's
@@ -172,11 +173,15 @@ _counter = itertools.count()
 
 
 def add_constant(gm: fx.GraphModule, tensor: torch.Tensor, hint: str, before: fx.Node) -> fx.Node:
-    """Registers `tensor` as a buffer of gm and returns a get_attr node for it, inserted before `before`."""
+    """Registers `tensor` as a buffer of gm and returns a get_attr node for it, inserted before `before`.
+
+    Its strides are kept (a materialized `W.t()` stays a transposed view of a row-major W), so an op
+    reading it runs the same kernel on the same memory layout: no arithmetic changes.
+    """
     name = f"_foldpass_{hint}_{next(_counter)}"
     while hasattr(gm, name):
         name = f"_foldpass_{hint}_{next(_counter)}"
-    gm.register_buffer(name, tensor.detach().clone().contiguous())
+    gm.register_buffer(name, tensor.detach().clone())
     with gm.graph.inserting_before(before):
         return gm.graph.get_attr(name)
 

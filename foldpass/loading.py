@@ -18,7 +18,7 @@ import zipfile
 import torch
 from torch.export import ExportedProgram
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .ir import example_inputs_of, random_like
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".bin")
@@ -77,7 +77,7 @@ def _load_pt2(path: str) -> ExportedProgram:
             warnings.simplefilter("ignore")
             return torch.export.load(path)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: cannot load the exported program ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise InputError(f"{path}: cannot load the exported program ({type(exc).__name__}: {first_line(exc)})") from exc
 
 
 def _load_pickle(path: str, trust_pickle: bool) -> torch.nn.Module:
@@ -90,7 +90,7 @@ def _load_pickle(path: str, trust_pickle: bool) -> torch.nn.Module:
                              "runs code from the file, so foldpass will not do it without --trust-pickle") from exc
         obj = _unpickle_trusted(path)
     except Exception as exc:  # noqa: BLE001 - truncated, random bytes, ...
-        raise InputError(f"{path}: not a readable PyTorch file ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise InputError(f"{path}: not a readable PyTorch file ({type(exc).__name__}: {first_line(exc)})") from exc
     if isinstance(obj, torch.nn.Module):
         return obj
     if isinstance(obj, dict):
@@ -103,7 +103,7 @@ def _unpickle_trusted(path: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: cannot unpickle ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise InputError(f"{path}: cannot unpickle ({type(exc).__name__}: {first_line(exc)})") from exc
 
 
 def _load_builder(spec: str, weights: str | None) -> torch.nn.Module:
@@ -115,7 +115,7 @@ def _load_builder(spec: str, weights: str | None) -> torch.nn.Module:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"'{spec}': cannot import {module_name} ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise InputError(f"'{spec}': cannot import {module_name} ({type(exc).__name__}: {first_line(exc)})") from exc
     builder = module
     for part in attr_name.split("."):
         builder = getattr(builder, part, None)
@@ -124,7 +124,7 @@ def _load_builder(spec: str, weights: str | None) -> torch.nn.Module:
     try:
         model = builder() if callable(builder) and not isinstance(builder, torch.nn.Module) else builder
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"'{spec}': calling it failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise InputError(f"'{spec}': calling it failed ({type(exc).__name__}: {first_line(exc)})") from exc
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"'{spec}' returned a {type(model).__name__}, not an nn.Module")
     if weights:
@@ -133,7 +133,7 @@ def _load_builder(spec: str, weights: str | None) -> torch.nn.Module:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"{weights}: not a weights file loadable with weights_only=True "
-                             f"({type(exc).__name__}: {_first_line(exc)})") from exc
+                             f"({type(exc).__name__}: {first_line(exc)})") from exc
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
@@ -141,10 +141,5 @@ def _load_builder(spec: str, weights: str | None) -> torch.nn.Module:
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise InputError(f"{weights}: does not fit '{spec}': {_first_line(exc)}") from exc
+            raise InputError(f"{weights}: does not fit '{spec}': {first_line(exc)}") from exc
     return model
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

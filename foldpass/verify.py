@@ -2,7 +2,9 @@
 
 Passes when   max |onnx(x) - original(x)|  <=  atol + rtol * max |original(x)|   for every input:
 random normal inputs at several batch sizes (and the user's own, if given). The tolerance is
-relative to the output's scale, because folding reassociates float32 sums.
+relative to the output's scale, because folding reassociates float32 sums. For a float16 or
+bfloat16 model, rtol is at least 8 machine epsilons of that type (7.8e-3 for float16): the
+original computes with no more precision than that.
 """
 
 from __future__ import annotations
@@ -13,11 +15,19 @@ import numpy as np
 import onnx
 import torch
 
-from .errors import VerificationError
+from .errors import VerificationError, first_line
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
 VERIFY_BATCHES = (1, 3)
+LOW_PRECISION_EPS = 8
+
+
+def effective_rtol(rtol: float, dtype: torch.dtype) -> float:
+    """rtol, raised to LOW_PRECISION_EPS machine epsilons for half-precision outputs."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return max(rtol, LOW_PRECISION_EPS * torch.finfo(dtype).eps)
+    return rtol
 
 
 @dataclass
@@ -38,13 +48,20 @@ class Verification:
 
 
 def _flatten(out) -> list[np.ndarray]:
+    return [t.detach().float().numpy() for t in _tensors(out)]
+
+
+def _tensors(out):
     if isinstance(out, torch.Tensor):
-        return [out.detach().float().numpy()]
-    if isinstance(out, (list, tuple)):
-        return [a for o in out for a in _flatten(o)]
-    if isinstance(out, dict):
-        return [a for o in out.values() for a in _flatten(o)]
-    raise VerificationError(f"the model returns {type(out).__name__}, not tensors")
+        yield out
+    elif isinstance(out, (list, tuple)):
+        for o in out:
+            yield from _tensors(o)
+    elif isinstance(out, dict):
+        for o in out.values():
+            yield from _tensors(o)
+    else:
+        raise VerificationError(f"the model returns {type(out).__name__}, not tensors")
 
 
 def verification_inputs(example: tuple[torch.Tensor, ...], static_batch: int | None,
@@ -60,14 +77,28 @@ def verify(onnx_model: onnx.ModelProto | str, reference: torch.nn.Module, cases:
     """Runs both on every case; raises VerificationError when any output is out of tolerance."""
     import onnxruntime as ort
 
+    if any(x.dtype == torch.bfloat16 for case in cases for x in case):
+        raise VerificationError("cannot verify a bfloat16 model: onnxruntime's CPU provider has no bfloat16 kernels "
+                                "for most ops and numpy has no bfloat16 type; cast the model to float32 or float16, "
+                                "or write it unverified with --no-verify")
     payload = onnx_model if isinstance(onnx_model, str) else onnx_model.SerializeToString()
-    session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - a missing kernel, an unsupported type
+        raise VerificationError(f"cannot verify: onnxruntime (CPU) cannot load the optimized model: "
+                                f"{first_line(exc)}") from exc
     names = [i.name for i in session.get_inputs()]
-    worst, scale, details = 0.0, 0.0, []
+    worst, scale, details, dtype = 0.0, 0.0, [], torch.float32
     for case in cases:
         with torch.no_grad():
-            want = _flatten(reference(*case))
-        got = session.run(None, {n: x.numpy() for n, x in zip(names, case)})
+            out = reference(*case)
+        want = _flatten(out)
+        dtype = next((o.dtype for o in _tensors(out)), dtype)
+        try:
+            got = session.run(None, {n: x.numpy() for n, x in zip(names, case)})
+        except Exception as exc:  # noqa: BLE001
+            raise VerificationError(f"cannot verify: onnxruntime (CPU) failed to run the optimized model: "
+                                    f"{first_line(exc)}") from exc
         if len(got) != len(want):
             raise VerificationError(f"the ONNX model has {len(got)} outputs, the original {len(want)}")
         for w, g in zip(want, got):
@@ -79,6 +110,7 @@ def verify(onnx_model: onnx.ModelProto | str, reference: torch.nn.Module, cases:
                 err = float("inf")
             details.append({"batch": int(case[0].shape[0]), "max_abs_error": err, "output_scale": s})
             worst, scale = max(worst, err), max(scale, s)
+    rtol = effective_rtol(rtol, dtype)
     tolerance = atol + rtol * scale
     result = Verification(worst, scale, tolerance, len(cases), details)
     if not worst <= tolerance:

@@ -114,3 +114,22 @@ def test_failed_verification_exits_1_and_writes_nothing(tmp_path, capsys):
     assert code == 1
     assert "verification failed" in capsys.readouterr().err
     assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_truncated_files_of_every_kind_exit_2(tmp_path, capsys):
+    model = models.CNN3(width=4).eval()
+    pt2, pt, weights = tmp_path / "m.pt2", tmp_path / "m.pt", tmp_path / "w.pt"
+    torch.export.save(torch.export.export(model, (torch.randn(2, 1, 28, 28),), strict=False), pt2)
+    torch.save(model, pt)
+    torch.save(model.state_dict(), weights)
+    for path in (pt2, pt, weights):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    out = str(tmp_path / "o.onnx")
+    shape = ["--input-shape", "1,1,28,28"]
+    assert main(["optimize", str(pt2), "-o", out]) == 2
+    assert main(["optimize", str(pt), "-o", out, "--trust-pickle", *shape]) == 2
+    assert main(["optimize", "models:CNN3", "--weights", str(weights), "-o", out, *shape]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("foldpass: error:") for line in err), err
+    assert not os.path.exists(out)

@@ -6,10 +6,11 @@ from .batchnorm_folding import batchnorm_folding
 from .constant_propagation import constant_propagation
 from .linear_regions import find_linear_regions, linear_region_detection
 from .manager import PIPELINES, PipelineResult, get_pipeline, run_pipeline
+from .scale_folding import scale_folding
 from .zero_skip_elimination import zero_skip_elimination
 
 __all__ = [
     "PIPELINES", "Note", "PassResult", "PipelineResult", "affine_folding", "batchnorm_folding",
     "constant_propagation", "find_linear_regions", "get_pipeline", "linear_region_detection",
-    "run_pipeline", "zero_skip_elimination",
+    "run_pipeline", "scale_folding", "zero_skip_elimination",
 ]

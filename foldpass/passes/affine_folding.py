@@ -163,7 +163,7 @@ def _replace_with_gemm(gm, region: Region, w, b, in_info: ShapeInfo, out_info: S
     x, out = region.inputs[0], region.output
     dtype = out_info.dtype
     graph = gm.graph
-    wt = add_constant(gm, w.t().to(dtype), "W", before=out)
+    wt = add_constant(gm, w.t().to(dtype).contiguous(), "W", before=out)
     bias = add_constant(gm, b.to(dtype), "B", before=out)
     with graph.inserting_before(out):
         flat = x

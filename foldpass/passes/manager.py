@@ -1,7 +1,7 @@
 """The pass manager: named pipelines, run to a fixed point, the graph linted after every pass.
 
     PIPELINES["default"] = constant_propagation, zero_skip_elimination, batchnorm_folding,
-                           linear_region_detection, affine_folding
+                           scale_folding, linear_region_detection, affine_folding
 
 A pipeline runs in order, and again, until no pass changes the graph (at most `max_rounds`).
 After every pass: `graph.lint()` and a recompile; whatever a pass raises comes back as a
@@ -22,12 +22,13 @@ from .base import Note, PassResult
 from .batchnorm_folding import batchnorm_folding
 from .constant_propagation import constant_propagation
 from .linear_regions import linear_region_detection
+from .scale_folding import scale_folding
 from .zero_skip_elimination import zero_skip_elimination
 
 Pass = Callable[..., PassResult]
 
 PIPELINES: dict[str, tuple[Pass, ...]] = {
-    "default": (constant_propagation, zero_skip_elimination, batchnorm_folding,
+    "default": (constant_propagation, zero_skip_elimination, batchnorm_folding, scale_folding,
                 linear_region_detection, affine_folding),
     "skips-only": (constant_propagation, zero_skip_elimination),
     "none": (),
