@@ -40,15 +40,27 @@ def trace(model: torch.nn.Module | ExportedProgram, inputs: tuple[torch.Tensor, 
         ep, static = _export(model, inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ep = ep.run_decompositions()
+        ep = ep.run_decompositions(_decompositions())
         gm = ep.module()
+    gm = fx.GraphModule(gm, gm.graph)  # a plain GraphModule: ep.module()'s own class refuses .eval() / .train()
     gm.meta[INPUTS_KEY] = tuple(inputs)
     gm.meta[STATIC_KEY] = inputs[0].shape[0] if static else None
     _strip_guards(gm)
     canonicalize_batch_views(gm)
-    for m in gm.modules():  # ep.module() refuses .eval(); the ops are already the eval-mode ones
-        m.training = False
+    gm.eval()  # the ops are already the eval-mode ones
     return gm
+
+
+# Activations kept whole: ONNX has an op for each (HardSwish, ...), and their decompositions into
+# clamp / add / mul / div run slower. None of them is affine, so no pass needs to look inside.
+KEEP_WHOLE = ("hardswish", "hardsigmoid", "silu", "mish", "softplus")
+
+
+def _decompositions() -> dict:
+    table = torch.export.default_decompositions()
+    for name in KEEP_WHOLE:
+        table.pop(getattr(aten, name).default, None)
+    return table
 
 
 def batch_of_two(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

@@ -1,5 +1,8 @@
 """Shapes by running the graph: each tensor value's shape at two batch sizes.
 
+The graph runs on fake tensors (shapes and dtypes, no data, no arithmetic), and on real random
+inputs only when an op needs values (a data-dependent size).
+
 A value is *batch-major* when dim 0 follows the batch size and every other dim stays put.
 Every op a linear region may hold must keep its values batch-major: that one check
 rejects whatever mixes samples (a view over the batch, a sum over dim 0, a cat on dim 0).
@@ -71,15 +74,29 @@ def sample_inputs(gm: fx.GraphModule, batch: int, seed: int = 0) -> tuple[torch.
     )
 
 
+def _run_fake(gm: fx.GraphModule, batch: int) -> dict:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    rec = _Recorder(gm)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
+        rec.run(*(mode.from_tensor(x) for x in sample_inputs(gm, batch)))
+    return rec.seen
+
+
+def _run_real(gm: fx.GraphModule, batch: int) -> dict:
+    rec = _Recorder(gm)
+    with torch.no_grad():
+        rec.run(*sample_inputs(gm, batch))
+    return rec.seen
+
+
 def infer_shapes(gm: fx.GraphModule) -> dict[fx.Node, ShapeInfo]:
     """Runs gm at each batch size of `batches_of(gm)` and records every tensor value's shape."""
     batches = batches_of(gm)
-    runs = []
-    with torch.no_grad():
-        for b in batches:
-            rec = _Recorder(gm)
-            rec.run(*sample_inputs(gm, b))
-            runs.append(rec.seen)
+    try:
+        runs = [_run_fake(gm, b) for b in batches]
+    except Exception:  # noqa: BLE001 - an op that needs real values
+        runs = [_run_real(gm, b) for b in batches]
     return {
         node: ShapeInfo(tuple(run[node][0] for run in runs), batches, shape_dtype[1])
         for node, shape_dtype in runs[0].items()

@@ -1,22 +1,28 @@
-"""Affine folding (Theorem 3.1): a linear region R^n -> R^m  ->  flatten -> Gemm -> reshape.
+"""Affine folding (Theorem 3.1): a linear region -> one Gemm or one conv, whichever is cheapest.
 
-    f(x) = W x + B,   W = df/dx  (m x n, by autograd in float64),   B = f(0)
+    Gemm:  f(x) = W x + B,   W = df/dx  (m x n, by autograd in float64),   B = f(0)
+    conv:  f(x) = K * x + b  when the region is one convolution in disguise (conv_merging.py:
+           parallel branches, identity, BN, avg-pool, sequential convs, linear residuals)
 
 W comes from m vector-Jacobian products (reverse mode) or n Jacobian-vector products (forward
 mode), whichever count is smaller, with the region's constants in float64: no bias enters W,
 so nothing cancels (f(e_i) - f(0) in float32 would lose W wherever B dominates).
-Each fold is checked on a random point, f(v) == W v + B in float64, before it replaces anything.
+Each fold is checked on a random point in float64 before it replaces anything.
 
-The cost model folds a region only when the Gemm does less work and moves no more memory:
-m * n MACs <= the region's own MACs (strictly fewer, or as many with fewer ops), the Gemm's bytes
-(W, input, output) <= the region's (its weights and every value it writes and reads), and
-W fits `max_fold_bytes`. A 3x3 conv on a 2x2 map has fewer MACs as a dense Gemm, but a larger
-weight: it is kept.
+The cost model compares keeping the region, a merged conv and a dense Gemm, and takes the
+cheapest replacement that does less work, moves no more memory and does not add ops:
+  MACs <= the region's own MACs;
+  bytes (weights, input, output) <= the region's (its weights and every value it writes and reads);
+  fewer ops than the region, or at most half its MACs (a Gemm brings its reshapes);
+  a Gemm's W fits `max_fold_bytes`.
+A 3x3 conv on a 2x2 map has fewer MACs as a dense Gemm, but a larger weight: it is kept. Two 1x1
+convs 144 -> 24 -> 144 compose to a larger 144 -> 144 conv: they are kept.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
@@ -26,6 +32,7 @@ from ..ir import add_constant, attr, drop_unused_attrs
 from ..shapes import ShapeInfo, infer_shapes
 from .base import Notes, PassResult
 from .constant_propagation import _materialize
+from .conv_merging import MergedConv, merged_conv, region_window
 from .linear_regions import Region, find_linear_regions
 
 NAME = "affine_folding"
@@ -49,29 +56,84 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _why_not(region: Region, shapes: dict[fx.Node, ShapeInfo], max_fold_bytes: int) -> str | None:
-    """The reason the cost model keeps `region` as it is, or None to fold it."""
+@dataclass
+class Option:
+    """A replacement for a region: its kind, cost and what it needs to be built."""
+
+    kind: str  # "Gemm" | "conv"
+    macs: int
+    bytes: int
+    ops: int
+    conv: MergedConv | None = None
+
+    def describe(self, n: int, m: int) -> str:
+        if self.kind == "Gemm":
+            return f"Gemm {n}->{m}"
+        k, groups = self.conv.window.size, self.conv.groups
+        return f"{k[0]}x{k[1]} conv {self.conv.weight.shape[1] * groups}->{self.conv.weight.shape[0]}" + \
+            (f" (groups {groups})" if groups > 1 else "")
+
+
+def _region_ops(region: Region) -> int:
+    return sum(1 for x in region.compute_nodes if x.target not in _SHAPE_ONLY)
+
+
+def _gemm_option(region: Region, shapes: dict[fx.Node, ShapeInfo], max_fold_bytes: int) -> Option | str:
+    in_info, out_info = shapes[region.inputs[0]], shapes[region.output]
+    n, m = in_info.sample_numel, out_info.sample_numel
+    itemsize = out_info.dtype.itemsize
+    w_bytes = n * m * itemsize
+    if w_bytes > max_fold_bytes:
+        return f"W ({m} x {n}) would take {w_bytes / 2**20:.1f} MiB > max_fold_bytes {max_fold_bytes / 2**20:.0f} MiB"
+    ops = 1 + (len(in_info.sample_shape) != 1) + (len(out_info.sample_shape) != 1)
+    return Option("Gemm", gemm_macs(n, m), w_bytes + (n + m) * itemsize, ops)
+
+
+def _conv_option(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, ShapeInfo]) -> Option | str:
+    window = region_window(region, shapes)
+    if isinstance(window, str):
+        return window
+    in_info, out_info = shapes[region.inputs[0]], shapes[region.output]
+    conv = merged_conv(extract(gm, region), window, in_info.sample_shape, out_info.sample_shape)
+    if isinstance(conv, str):
+        return conv
+    itemsize = out_info.dtype.itemsize
+    nbytes = (conv.weight.numel() + conv.bias.numel() + in_info.sample_numel + out_info.sample_numel) * itemsize
+    return Option("conv", conv.macs(out_info.sample_shape), nbytes, 1, conv)
+
+
+def choose(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, ShapeInfo],
+           max_fold_bytes: int) -> Option | str:
+    """The cheapest replacement of `region`, or why it is kept as it is."""
     if len(region.inputs) != 1:
         names = ", ".join(n.name for n in region.inputs)
         return f"reads {len(region.inputs)} values from outside ({names}); only single-input regions fold"
     if region.shared:
         return f"{region.shared[0].name} is also read outside the region; folding would compute it twice"
-    n, m = shapes[region.inputs[0]].sample_numel, shapes[region.output].sample_numel
-    gemm = gemm_macs(n, m)
-    w_bytes = n * m * shapes[region.output].dtype.itemsize
-    if w_bytes > max_fold_bytes:
-        return f"W ({m} x {n}) would take {w_bytes / 2**20:.1f} MiB > max_fold_bytes {max_fold_bytes / 2**20:.0f} MiB"
-    compute = [x for x in region.compute_nodes if x.target not in _SHAPE_ONLY]
-    if gemm > region.macs:
-        return f"a Gemm {n}->{m} costs {_fmt_macs(gemm)} MACs > the region's {_fmt_macs(region.macs)}"
-    itemsize = shapes[region.output].dtype.itemsize
-    gemm_bytes = w_bytes + (n + m) * itemsize
-    if gemm_bytes > region.bytes:
-        return (f"a Gemm {n}->{m} moves {_fmt_bytes(gemm_bytes)} > the region's {_fmt_bytes(region.bytes)} "
-                f"(fewer MACs, {_fmt_macs(gemm)} vs {_fmt_macs(region.macs)}, but a larger weight)")
-    if gemm == region.macs and len(compute) <= 1:
-        return "already a single Gemm" if compute and compute[0].target in _GEMM_OPS else "nothing to gain"
-    return None
+    ops = _region_ops(region)
+    targets = {x.target for x in region.compute_nodes if x.target not in _SHAPE_ONLY}
+    if ops <= 1 and targets <= _GEMM_OPS:
+        return "already a single Gemm"
+    single_conv = ops <= 1 and targets == {aten.convolution.default}
+    options, reasons = [], []
+    candidates = [] if single_conv else [("conv", _conv_option(gm, region, shapes))]
+    candidates.append(("Gemm", _gemm_option(region, shapes, max_fold_bytes)))
+    for kind, option in candidates:
+        if isinstance(option, str):
+            reasons.append(f"no {kind}: {option}")
+        elif option.macs > region.macs:
+            reasons.append(f"a {kind} costs {_fmt_macs(option.macs)} MACs > the region's {_fmt_macs(region.macs)}")
+        elif option.bytes > region.bytes:
+            reasons.append(f"a {kind} moves {_fmt_bytes(option.bytes)} > the region's {_fmt_bytes(region.bytes)} "
+                           f"(fewer MACs, {_fmt_macs(option.macs)} vs {_fmt_macs(region.macs)}, but a larger weight)")
+        elif option.ops >= ops and 2 * option.macs > region.macs:
+            reasons.append(f"a {kind} needs {option.ops} ops for the region's {ops} and saves under half its MACs "
+                           f"({_fmt_macs(option.macs)} vs {_fmt_macs(region.macs)})")
+        else:
+            options.append(option)
+    if not options:
+        return "; ".join(reasons)
+    return min(options, key=lambda o: (o.macs, o.bytes, o.ops))
 
 
 _SHAPE_ONLY = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.permute.default,
@@ -132,31 +194,48 @@ def affine_map(gm: fx.GraphModule, region: Region, in_shape, out_numel: int) -> 
 
 
 def affine_folding(gm: fx.GraphModule, max_fold_bytes: int = DEFAULT_MAX_FOLD_BYTES) -> PassResult:
-    """Replaces each linear region the cost model prefers as a Gemm by flatten -> Gemm -> reshape."""
+    """Replaces each linear region by the one Gemm or conv the cost model prefers."""
     notes = Notes(NAME)
     shapes = infer_shapes(gm)
     folded = 0
     for region in find_linear_regions(gm, shapes):
-        why = _why_not(region, shapes, max_fold_bytes)
-        if why:
-            if why != "already a single Gemm":
-                notes.declined(f"{region.describe()} kept: {why}", region.output.name)
+        try:
+            option = choose(gm, region, shapes, max_fold_bytes)
+        except Exception as exc:  # noqa: BLE001 - any failure means: do not fold, and say why
+            option = f"evaluating it failed ({type(exc).__name__}: {exc})"
+        if isinstance(option, str):
+            if not option.startswith("already a single"):
+                notes.declined(f"{region.describe()} kept: {option}", region.output.name)
             continue
         x, out = region.inputs[0], region.output
         in_info, out_info = shapes[x], shapes[out]
-        try:
-            w, b = affine_map(gm, region, in_info.sample_shape, out_info.sample_numel)
-        except Exception as exc:  # noqa: BLE001 - any failure means: do not fold, and say why
-            notes.declined(f"{region.describe()} kept: computing W failed ({type(exc).__name__}: {exc})", out.name)
-            continue
-        _replace_with_gemm(gm, region, w, b, in_info, out_info)
+        if option.kind == "conv":
+            _replace_with_conv(gm, region, option.conv, out_info)
+        else:
+            try:
+                w, b = affine_map(gm, region, in_info.sample_shape, out_info.sample_numel)
+            except Exception as exc:  # noqa: BLE001
+                notes.declined(f"{region.describe()} kept: computing W failed ({type(exc).__name__}: {exc})", out.name)
+                continue
+            _replace_with_gemm(gm, region, w, b, in_info, out_info)
         folded += 1
-        n, m = in_info.sample_numel, out_info.sample_numel
-        notes.applied(f"{region.describe()} -> Gemm {n}->{m}: {_fmt_macs(region.macs)} -> "
-                      f"{_fmt_macs(gemm_macs(n, m))} MACs", out.name)
+        notes.applied(f"{region.describe()} -> {option.describe(in_info.sample_numel, out_info.sample_numel)}: "
+                      f"{_fmt_macs(region.macs)} -> {_fmt_macs(option.macs)} MACs", out.name)
     if folded:
         drop_unused_attrs(gm)
     return PassResult(gm, folded > 0, notes)
+
+
+def _replace_with_conv(gm, region: Region, conv: MergedConv, out_info: ShapeInfo) -> None:
+    x, out = region.inputs[0], region.output
+    dtype = out_info.dtype
+    weight = add_constant(gm, conv.weight.to(dtype), "K", before=out)
+    bias = add_constant(gm, conv.bias.to(dtype), "b", before=out)
+    w = conv.window
+    with gm.graph.inserting_before(out):
+        y = gm.graph.call_function(aten.convolution.default, (x, weight, bias, list(w.stride), list(w.pad), [1, 1],
+                                                              False, [0, 0], conv.groups))
+    out.replace_all_uses_with(y)
 
 
 def _replace_with_gemm(gm, region: Region, w, b, in_info: ShapeInfo, out_info: ShapeInfo) -> None:
