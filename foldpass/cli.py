@@ -19,9 +19,9 @@ def _add_optimize(sub) -> None:
     from .verify import DEFAULT_ATOL, DEFAULT_RTOL
 
     p = sub.add_parser("optimize", help="trace a model, run the passes, write verified ONNX")
-    p.add_argument("source", help="model.pt2 | model.pt (with --trust-pickle) | pkg.module:build")
+    p.add_argument("source", help="model.pt2 | model.onnx | model.pt (with --trust-pickle) | pkg.module:build")
     p.add_argument("-o", "--output", required=True, help="the ONNX file to write")
-    p.add_argument("--input-shape", help="example input shape with batch, e.g. 1,1,28,28 (required except for .pt2)")
+    p.add_argument("--input-shape", help="example input shape with batch, e.g. 1,1,28,28 (required except for .pt2 / .onnx)")
     p.add_argument("--weights", help="state dict for pkg.module:build (loaded with weights_only=True)")
     p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a full torch.save(model) file")
     p.add_argument("--pipeline", default="default", choices=list(PIPELINES), help="which passes to run")
@@ -32,7 +32,7 @@ def _add_optimize(sub) -> None:
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help="verification rtol, relative to output scale")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="verification atol")
     p.add_argument("--inputs", help=".npy file of extra inputs (with batch) for the verification gate")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+    p.add_argument("--opset", type=int, help="ONNX opset (>= 18; default 18, or the input's for an .onnx source)")
     p.add_argument("--report", help="also write the report as JSON to this file")
     p.add_argument("--explain", action="store_true", help="list every region and every rule's decision")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")

@@ -1,4 +1,4 @@
-"""GraphModule -> ONNX: torch.onnx's dynamo exporter (opset >= 17, dynamic batch), tidied by
+"""GraphModule -> ONNX: torch.onnx's dynamo exporter (opset >= 18, dynamic batch), tidied by
 onnx-graphsurgeon (cleanup, toposort), checked by onnx.checker."""
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from .ir import batch_of_two
 from .quiet import quiet
 
 DEFAULT_OPSET = 18
+MIN_OPSET = 18
 
 
 def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: int = DEFAULT_OPSET,
             dynamic_batch: bool = True, output_names: list[str] | None = None) -> onnx.ModelProto:
     """Exports `module` (a GraphModule or any nn.Module) to a checked, tidied ONNX model in memory."""
-    if opset < 17:
-        raise InputError(f"opset {opset} is too old: foldpass exports opset 17 or newer")
+    if opset < MIN_OPSET:
+        raise InputError(f"opset {opset} is too old: foldpass exports opset {MIN_OPSET} or newer (torch.onnx's "
+                         "exporter writes 18, and onnx's version converter cannot take ReduceMean below it)")
     dynamic = tuple({0: Dim("batch")} for _ in inputs) if dynamic_batch else None
     if isinstance(module, fx.GraphModule):
         for m in module.modules():
@@ -66,18 +68,58 @@ def _version() -> str:
     return __version__
 
 
-def save_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Writes `model` to `path` via a temporary file in the same directory and a rename."""
+EXTERNAL_DATA_BYTES = 2**31 - 2**27  # protobuf's 2 GiB limit, with room for the graph itself
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) or 4 * len(t.float_data) for t in model.graph.initializer)
+
+
+def save_atomic(model: onnx.ModelProto, path: str | os.PathLike, check=None) -> None:
+    """Writes `model` to `path` via a temporary file in the same directory and a rename.
+
+    `check(tmp_path)`, if given, runs on the written temporary file first (the verification gate);
+    if it raises, nothing is renamed and the temporary file is removed. Weights over
+    EXTERNAL_DATA_BYTES go to an external data file `<name>.data` next to it.
+    """
     path = os.fspath(path)
     tmp = f"{path}.foldpass-tmp-{os.getpid()}"
+    external = _weight_bytes(model) > EXTERNAL_DATA_BYTES
+    data = os.path.basename(path) + ".data"
+    done = False
     try:
-        onnx.save(model, tmp)
+        if external:
+            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=data)
+        else:
+            onnx.save(model, tmp)
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
+        done = True
     except OSError as exc:  # disk full, permissions: the old file (if any) stays as it was
         raise FoldpassError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+        data_path = os.path.join(os.path.dirname(os.path.abspath(path)), data)
+        if external and not done and os.path.exists(data_path):
+            os.remove(data_path)
+
+
+def rename_io(model: onnx.ModelProto, inputs: list[str] | None, outputs: list[str] | None) -> onnx.ModelProto:
+    """Gives the graph's inputs and outputs the names of the model it came from."""
+    mapping = {}
+    for values, names in ((model.graph.input, inputs), (model.graph.output, outputs)):
+        if names and len(names) == len(values):
+            mapping.update({v.name: n for v, n in zip(values, names) if v.name != n})
+    if not mapping:
+        return model
+    for v in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        v.name = mapping.get(v.name, v.name)
+    for node in model.graph.node:
+        node.input[:] = [mapping.get(i, i) for i in node.input]
+        node.output[:] = [mapping.get(o, o) for o in node.output]
+    return model
 
 
 def onnx_op_counts(model: onnx.ModelProto) -> dict[str, int]:

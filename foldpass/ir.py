@@ -11,6 +11,7 @@ Small graph helpers every pass uses live here too.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import warnings
 from typing import Any, Iterable
@@ -72,6 +73,9 @@ def _export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[E
     """Exports with a dynamic batch dimension; falls back to the example's static batch."""
     batch = Dim("batch")
     dynamic = tuple({0: batch} for _ in inputs)
+    params = list(inspect.signature(model.forward).parameters.values())
+    if len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+        dynamic = (dynamic,)  # forward(*inputs): the specs nest like the arguments
     from .quiet import quiet
 
     with quiet():

@@ -1,6 +1,7 @@
 """Model sources a user can name, each loaded without running code it did not ask to run:
 
     model.pt2              torch.export.save() output: no pickle, safe to load
+    model.onnx             an ONNX file (external data included): read as data, imported by onnx_import
     model.pt / .pth        torch.save(model): a pickle, unpickled only with trust_pickle=True
     pkg.module:build       an importable callable returning an nn.Module (+ weights= a state dict,
                            loaded with weights_only=True)
@@ -41,7 +42,7 @@ def load_source(source: str, input_shape: tuple[int, ...] | None = None, weights
                 trust_pickle: bool = False) -> tuple[torch.nn.Module | ExportedProgram, tuple[torch.Tensor, ...]]:
     """The model a source names and example inputs for it."""
     if source.endswith(".onnx"):
-        raise InputError("ONNX input is not supported yet: give the PyTorch model (.pt2, .pt, or pkg.module:build)")
+        return _load_onnx(source, input_shape)
     if source.endswith(".pt2"):
         program = _load_pt2(source)
         inputs = (random_like(input_shape, torch.float32),) if input_shape else example_inputs_of(program)
@@ -57,6 +58,34 @@ def load_source(source: str, input_shape: tuple[int, ...] | None = None, weights
         raise InputError(f"{source}: --input-shape is required for this source (for example --input-shape 1,1,28,28)")
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     return model, (random_like(input_shape, dtype),)
+
+
+def _load_onnx(path: str, input_shape: tuple[int, ...] | None):
+    from .onnx_import import OnnxModule, input_specs, load_onnx
+
+    _require_file(path)
+    model = load_onnx(path)
+    specs = input_specs(model)
+    if input_shape is not None and len(specs) != 1:
+        raise InputError(f"{path}: --input-shape gives one shape, the model has {len(specs)} inputs")
+    inputs = []
+    for name, dims, dtype in specs:
+        if input_shape is not None:
+            if len(input_shape) != len(dims) or any(isinstance(d, int) and d and d != s
+                                                     for d, s in zip(dims[1:], input_shape[1:])):
+                raise InputError(f"{path}: --input-shape {','.join(map(str, input_shape))} does not fit input "
+                                 f"'{name}' of shape {dims}")
+            shape = input_shape
+        else:
+            if any(not isinstance(d, int) or not d for d in dims[1:]):
+                raise InputError(f"{path}: input '{name}' has dynamic dims {dims}; give --input-shape")
+            shape = (dims[0] if isinstance(dims[0], int) and dims[0] else 1, *dims[1:])
+        inputs.append(random_like(shape, dtype))
+    module = OnnxModule(model, path).eval()
+    module.dynamic_dims = {name: [i for i, d in enumerate(dims) if i and not isinstance(d, int)] for name, dims, _ in specs}
+    fixed = [dims[0] for _, dims, _ in specs if dims and isinstance(dims[0], int) and dims[0]]
+    module.static_batch = fixed[0] if fixed else None  # the input file fixes its batch: so will the output
+    return module, tuple(inputs)
 
 
 def _require_file(path: str) -> None:

@@ -14,7 +14,7 @@ import torch.fx as fx
 from torch.export import ExportedProgram
 
 from .errors import InputError
-from .export import DEFAULT_OPSET, onnx_op_counts, save_atomic, to_onnx
+from .export import DEFAULT_OPSET, MIN_OPSET, onnx_op_counts, rename_io, save_atomic, to_onnx
 from .homotopy import set_t as _set_t
 from .ir import STATIC_KEY, trace
 from .passes import run_pipeline
@@ -31,16 +31,20 @@ class OptimizeResult:
     report: Report
     original: torch.nn.Module = field(repr=False)
     inputs: tuple[torch.Tensor, ...] = field(repr=False)
+    reference: Callable | None = field(default=None, repr=False)  # what the gate compares with (default: original)
+    opset: int = DEFAULT_OPSET
+    io_names: tuple[list[str] | None, list[str] | None] = (None, None)
 
-    def to_onnx(self, opset: int = DEFAULT_OPSET):
-        return to_onnx(self.module, self.inputs, opset=opset, dynamic_batch=self.report.static_batch is None)
+    def to_onnx(self, opset: int | None = None):
+        model = to_onnx(self.module, self.inputs, opset=opset or self.opset,
+                        dynamic_batch=self.report.static_batch is None)
+        return rename_io(model, *self.io_names)
 
     def save_onnx(self, path: str | os.PathLike, verify_output: bool = True, rtol: float = DEFAULT_RTOL,
                   atol: float = DEFAULT_ATOL, extra_inputs: list[tuple[torch.Tensor, ...]] = (),
-                  opset: int = DEFAULT_OPSET) -> Verification | None:
-        """Exports to ONNX, checks it against the original under onnxruntime, then writes `path`.
-
-        On a failed check VerificationError is raised and `path` is left untouched.
+                  opset: int | None = None) -> Verification | None:
+        """Exports to ONNX, checks the written file against the original under onnxruntime, then
+        renames it into `path`. On a failed check VerificationError is raised and `path` is left untouched.
         """
         path = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(path))
@@ -52,15 +56,17 @@ class OptimizeResult:
         model = self.to_onnx(opset)
         self.report.timings["export"] = time.perf_counter() - t0
         self.report.onnx_ops = onnx_op_counts(model)
-        result = None
-        if verify_output:
+        checked: list[Verification] = []
+
+        def gate(written: str) -> None:
             t0 = time.perf_counter()
             cases = verification_inputs(self.inputs, self.report.static_batch, extra_inputs)
-            result = verify(model, self.original, cases, rtol=rtol, atol=atol)
-            self.report.verification = result.as_dict()
+            checked.append(verify(written, self.reference or self.original, cases, rtol=rtol, atol=atol))
+            self.report.verification = checked[0].as_dict()
             self.report.timings["verify"] = time.perf_counter() - t0
-        save_atomic(model, path)
-        return result
+
+        save_atomic(model, path, check=gate if verify_output else None)
+        return checked[0] if checked else None
 
 
 def _as_inputs(example) -> tuple[torch.Tensor, ...]:
@@ -103,6 +109,7 @@ def optimize(model: torch.nn.Module | ExportedProgram, example_input, *, pipelin
     report_warnings: list[str] = []
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    extras: dict = {}
     if isinstance(model, ExportedProgram):
         if set_t is not None:
             raise InputError("--set-t needs the module: an exported program's weights are fixed")
@@ -110,11 +117,14 @@ def optimize(model: torch.nn.Module | ExportedProgram, example_input, *, pipelin
         gm = trace(model, inputs)
     elif isinstance(model, torch.nn.Module):
         original = _prepare(model, set_t, report_warnings)
+        extras = _onnx_source(original, report_warnings)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gm = trace(original, inputs)
     else:
         raise InputError(f"cannot optimize a {type(model).__name__}: expected an nn.Module or an ExportedProgram")
+    if getattr(original, "static_batch", None):  # an ONNX input with a fixed batch keeps it
+        gm.meta[STATIC_KEY] = original.static_batch
     timings["trace"] = time.perf_counter() - t0
     before = GraphStats.of(gm)
     t0 = time.perf_counter()
@@ -130,7 +140,28 @@ def optimize(model: torch.nn.Module | ExportedProgram, example_input, *, pipelin
         static_batch=static, timings=timings, warnings=report_warnings,
     )
     report.max_error = _max_error(optimized, original, inputs, static)
-    return OptimizeResult(optimized, report, original, inputs)
+    return OptimizeResult(optimized, report, original, inputs, **extras)
+
+
+def _onnx_source(model: torch.nn.Module, report_warnings: list[str]) -> dict:
+    """For a model imported from ONNX: its ONNX file is the gate's reference, its names and opset are kept."""
+    from .onnx_import import OnnxModule, OrtReference
+
+    if not isinstance(model, OnnxModule):
+        return {}
+    extras = {"io_names": (model.input_names, model.output_names)}
+    if model.path:
+        extras["reference"] = OrtReference(model.path)
+    if model.opset >= MIN_OPSET:
+        extras["opset"] = model.opset
+    else:
+        report_warnings.append(f"the input is opset {model.opset}: written as opset {DEFAULT_OPSET} "
+                               f"(foldpass exports opset {MIN_OPSET} or newer)")
+    for name, dims in getattr(model, "dynamic_dims", {}).items():
+        if dims:
+            report_warnings.append(f"input '{name}': dynamic dims {dims} are fixed to the example's sizes; "
+                                   "only the batch stays dynamic")
+    return extras
 
 
 def _max_error(optimized: fx.GraphModule, original: torch.nn.Module, inputs, static) -> float:
