@@ -6,6 +6,8 @@ verified ONNX.
     result.module            # optimized torch.fx.GraphModule
     result.report            # what was done
     result.save_onnx("model.onnx")   # exported, verified under onnxruntime, then written
+
+Also: homotopy training (blend_residuals, make_schedule, train) and low-rank decomposition (decompose).
 """
 
 __version__ = "0.1.0"
@@ -14,12 +16,15 @@ import numpy as _np
 import torch as _torch
 
 from .errors import FoldpassError, InputError, PassError, VerificationError
-from .homotopy import Blend, MultiBlend, set_t
+from .decompose import DecomposeResult, decompose
+from .homotopy import Blend, MultiBlend, blend_residuals, set_t
 from .ir import trace
 from .loading import load_source, parse_input_shape
 from .optimize import OptimizeResult, optimize
 from .passes import PIPELINES, PassResult, run_pipeline
 from .report import Report
+from .schedules import Schedule, make_schedule
+from .training import train
 
 
 def load_npy_inputs(path: str) -> list[tuple[_torch.Tensor, ...]]:
@@ -49,7 +54,8 @@ def randomize_batchnorm(model: _torch.nn.Module, seed: int = 0) -> _torch.nn.Mod
 
 
 __all__ = [
-    "PIPELINES", "Blend", "FoldpassError", "InputError", "MultiBlend", "OptimizeResult", "PassError",
-    "PassResult", "Report", "VerificationError", "__version__", "load_npy_inputs", "load_source", "optimize",
-    "parse_input_shape", "randomize_batchnorm", "run_pipeline", "set_t", "trace",
+    "PIPELINES", "Blend", "DecomposeResult", "FoldpassError", "InputError", "MultiBlend", "OptimizeResult",
+    "PassError", "PassResult", "Report", "Schedule", "VerificationError", "__version__", "blend_residuals",
+    "decompose", "load_npy_inputs", "load_source", "make_schedule", "optimize", "parse_input_shape",
+    "randomize_batchnorm", "run_pipeline", "set_t", "trace", "train",
 ]

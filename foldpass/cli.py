@@ -87,6 +87,26 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _add_decompose(sub) -> None:
+    from .passes.low_rank_decomposition import METHODS
+
+    p = sub.add_parser("decompose", help="factorize convs (CP / Tucker-2 / TT; lossy) and write a .pt2")
+    p.add_argument("source", help="model.pt2 | model.onnx | model.pt (with --trust-pickle) | pkg.module:build")
+    p.add_argument("-o", "--output", required=True, help="the decomposed model, a .pt2 file for foldpass optimize")
+    p.add_argument("--method", default="tucker", choices=METHODS)
+    p.add_argument("--rank", default="auto", help="auto (VBMF) | a parameter fraction like 0.1 | a rank like 16")
+    p.add_argument("--input-shape", help="example input shape with batch (required except for .pt2 / .onnx)")
+    p.add_argument("--weights", help="state dict for pkg.module:build (loaded with weights_only=True)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a full torch.save(model) file")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the decomposed model this many epochs")
+    p.add_argument("--data", default="digits", help="fine-tuning data: digits (bundled) or mnist")
+    p.add_argument("--data-dir", help="where MNIST is")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--report", help="also write the per-layer report as JSON")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.set_defaults(func=cmd_decompose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -98,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_demo(sub)
     _add_train(sub)
+    _add_decompose(sub)
     return parser
 
 
@@ -239,6 +260,60 @@ def cmd_train(args) -> int:
         final = get_t(model)
         console.print(f"wrote {args.output} (t = {final:g}); next: foldpass optimize {args.output} -o model.onnx")
     return 0
+
+
+def cmd_decompose(args) -> int:
+    import json
+
+    import foldpass
+    from .data import load_dataset
+    from .passes.low_rank_decomposition import parse_rank
+
+    output = os.path.abspath(args.output)
+    if os.path.exists(output) and not args.force:
+        raise InputError(f"{args.output} exists; pass --force to overwrite it")
+    if not os.path.isdir(os.path.dirname(output)):
+        raise InputError(f"output directory does not exist: {os.path.dirname(output)}")
+    rank = parse_rank(args.rank)
+    console = _console()
+    model, inputs = foldpass.load_source(args.source, foldpass.parse_input_shape(args.input_shape), args.weights,
+                                         args.trust_pickle)
+    finetune = None
+    if args.finetune_epochs:
+        shape = tuple(inputs[0].shape[1:])
+        finetune = (*load_dataset(args.data, args.data_dir, image_shape=shape), args.finetune_epochs)
+    with _status(console, f"decomposing ({args.method}, rank {args.rank})"):
+        result = foldpass.decompose(model, inputs[0], args.method, rank, finetune=finetune, lr=args.lr,
+                                    log=lambda e: console.print(f"fine-tune epoch {e.epoch}: loss {e.train_loss:.4f}, "
+                                                                f"val acc {e.val_acc:.2%}"))
+    _decompose_table(result, console)
+    result.save_pt2(output)
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(result.as_dict(), f, indent=2)
+    console.print(f"wrote {args.output}; next: foldpass optimize {args.output} -o model.onnx")
+    return 0
+
+
+def _decompose_table(result, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result.method} decomposition (lossy)")
+    for col in ("layer", "shape", "rank", "params", "MACs / sample", "rel. error"):
+        table.add_column(col, justify="left" if col in ("layer", "shape") else "right")
+    for layer in result.layers:
+        table.add_row(layer.node, "x".join(map(str, layer.shape)), ",".join(map(str, layer.rank)),
+                      f"{layer.params[0]:,} -> {layer.params[1]:,}", f"{layer.macs[0]:,} -> {layer.macs[1]:,}",
+                      f"{layer.error:.3f}")
+    console.print(table)
+    p, m = result.params, result.macs
+    console.print(f"model: {p[0]:,} -> {p[1]:,} parameters ({p[1] / p[0]:.1%}), {m[0]:,} -> {m[1]:,} MACs "
+                  f"({m[1] / max(m[0], 1):.1%}); outputs moved by {result.output_error:.3g} of their scale "
+                  "(decomposition is lossy: this is reported, not verified)")
+    if result.accuracy:
+        console.print("validation accuracy: " + ", ".join(f"{k} {v:.2%}" for k, v in result.accuracy.items()))
+    if not result.layers:
+        console.print("no layer was decomposed (see the ranks: every chain would have cost more MACs)")
 
 
 def cmd_demo(args) -> int:

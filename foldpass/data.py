@@ -19,13 +19,14 @@ from .errors import InputError
 DATASETS = ("digits", "mnist")
 
 
-def digits(seed: int = 0, size: int = 28) -> tuple[TensorDataset, TensorDataset]:
-    """scikit-learn's digits, 8 x 8 -> size x size, split 80 / 20 per class with a fixed seed."""
+def digits(seed: int = 0, size: int = 28, channels: int = 1) -> tuple[TensorDataset, TensorDataset]:
+    """scikit-learn's digits, 8 x 8 -> size x size (repeated over `channels`), split 80 / 20 per class."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    x = x.expand(-1, channels, -1, -1).contiguous()
     y = torch.tensor(data.target, dtype=torch.long)
     rng = np.random.default_rng(seed)
     val = np.zeros(len(y), dtype=bool)
@@ -51,14 +52,18 @@ def mnist(data_dir: str, download: bool = False) -> tuple[TensorDataset, TensorD
     return as_set(train), as_set(val)
 
 
-def load_dataset(name: str, data_dir: str | None = None, download: bool = False, limit: int | None = None):
-    """(train, validation) for a dataset name; `limit` keeps the first N of each (for quick runs)."""
+def load_dataset(name: str, data_dir: str | None = None, download: bool = False, limit: int | None = None,
+                 image_shape: tuple[int, int, int] = (1, 28, 28)):
+    """(train, validation) for a dataset name, as images of `image_shape` (C, H, W; digits only: MNIST
+    is 1 x 28 x 28); `limit` keeps the first N of each (for quick runs)."""
     if name == "digits":
-        train, val = digits()
+        train, val = digits(size=image_shape[1], channels=image_shape[0])
     elif name == "mnist":
         if not data_dir:
             raise InputError("--data mnist needs --data-dir (where MNIST is, or where to download it)")
         train, val = mnist(data_dir, download)
+        if tuple(image_shape) != (1, 28, 28):
+            raise InputError(f"MNIST images are 1 x 28 x 28; the model takes {image_shape}")
     else:
         raise InputError(f"unknown dataset '{name}'; valid datasets: {', '.join(DATASETS)}")
     if limit:

@@ -31,7 +31,7 @@ from .schedules import Schedule
 @dataclass
 class EpochLog:
     epoch: int
-    t: float
+    t: float | None  # None when trained without a schedule (plain fine-tuning)
     train_loss: float
     train_acc: float
     val_loss: float
@@ -86,11 +86,12 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256, device: str
     return loss / max(count, 1), correct / max(count, 1)
 
 
-def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Schedule, epochs: int, *,
+def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Schedule | None, epochs: int, *,
           lr: float = 1e-3, batch_size: int = 64, seed: int = 0, device: str = "cpu",
           checkpoint: str | None = None, resume: str | None = None, progress: bool = False,
           log: Callable[[EpochLog], None] | None = None) -> list[EpochLog]:
-    """Trains `model` (in place) for `epochs` with t from `schedule`; returns one EpochLog per epoch."""
+    """Trains `model` (in place) for `epochs` with t from `schedule` (None: no blends, plain training);
+    returns one EpochLog per epoch."""
     torch.manual_seed(seed)
     model.to(device)
     net = nn.parallel.DistributedDataParallel(model) if _distributed() else model
@@ -106,13 +107,13 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
     for epoch in range(start, epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        t = apply_t(model, schedule.value(epoch if schedule.per == "epoch" else epoch * steps))
+        t = apply_t(model, schedule.value(epoch if schedule.per == "epoch" else epoch * steps)) if schedule else None
         began = time.perf_counter()
         net.train()
         total = correct = count = 0.0
         bar = _progress(progress and _rank() == 0, steps, f"epoch {epoch + 1}/{epochs}")
         for i, (x, y) in enumerate(loader):
-            if schedule.per == "step":
+            if schedule is not None and schedule.per == "step":
                 t = apply_t(model, schedule.value(epoch * steps + i))
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
@@ -123,20 +124,21 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
             total += loss.item() * len(y)
             correct += (out.argmax(1) == y).sum().item()
             count += len(y)
-            bar.advance(f"loss {total / count:.4f}  t {t:g}")
+            bar.advance(f"loss {total / count:.4f}" + (f"  t {t:g}" if t is not None else ""))
         bar.close()
         if _distributed():  # batch-norm statistics drift apart per rank: take rank 0's, as DDP does
             for buffer in model.buffers():
                 dist.broadcast(buffer.data, src=0)
         val_loss, val_acc = evaluate(model, val_set, device=device)
-        schedule.observe(val_acc)
+        if schedule is not None:
+            schedule.observe(val_acc)
         entry = EpochLog(epoch + 1, t, total / count, correct / count, val_loss, val_acc, time.perf_counter() - began)
         history.append(entry)
         if log and _rank() == 0:
             log(entry)
         if checkpoint and _rank() == 0:
             _save_checkpoint(checkpoint, model, optimizer, schedule, epoch + 1, history)
-    if schedule.kind != "static":
+    if schedule is not None and schedule.kind != "static":
         apply_t(model, 0.0)
     model.eval()
     return history
@@ -165,7 +167,8 @@ class _progress:
 
 
 def _save_checkpoint(path: str, model, optimizer, schedule: Schedule, epoch: int, history: list[EpochLog]) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "schedule": schedule.state_dict() if schedule else None,
              "epoch": epoch, "history": [asdict(h) for h in history]}
     tmp = f"{path}.tmp-{os.getpid()}"
     torch.save(state, tmp)
@@ -177,7 +180,8 @@ def _load_checkpoint(path: str, model, optimizer, schedule: Schedule) -> tuple[i
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        if schedule is not None:
+            schedule.load_state_dict(state["schedule"])
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: not a foldpass training checkpoint for this model ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc

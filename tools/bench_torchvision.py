@@ -65,7 +65,7 @@ def run(args) -> dict:
                 save_atomic(to_onnx(deploy, (x,)), paths[2])
                 names.append("hand-written deploy form")
             res = bench_with_peers(paths[:len(names)], names, provider="cpu", batches=(1, 8),
-                                   rounds=args.rounds, round_s=0.1)
+                                   rounds=args.rounds, round_s=args.round_s)
             print(res.markdown(), flush=True)
             records.append({"model": name, "input": list(x.shape), "fold_s": fold_s,
                             "max_abs_error": check.max_abs_error, "tolerance": check.tolerance,
@@ -146,6 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--round-s", type=float, default=0.5, help="seconds of runs per model per round")
     parser.add_argument("--docs-only", action="store_true")
     args = parser.parse_args()
     path = os.path.join(DOCS, "torchvision.json")

@@ -1,0 +1,79 @@
+"""`decompose(model, example_input, method, rank)`: low-rank factorization of a model's convs, with
+optional fine-tuning. Lossy, unlike `optimize`: the result reports how far its outputs moved
+instead of refusing to be written.
+
+    result = foldpass.decompose(model, x, method="tucker", rank=0.1, finetune=(train_set, val_set, 2))
+    result.save_pt2("small.pt2")            # then: foldpass optimize small.pt2 -o small.onnx
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch.export import ExportedProgram
+
+from .ir import trace
+from .passes.low_rank_decomposition import LayerReport, low_rank_decomposition, total_params
+from .shapes import infer_shapes
+from .cost import graph_macs
+
+
+@dataclass
+class DecomposeResult:
+    module: fx.GraphModule
+    method: str
+    rank: object
+    layers: list[LayerReport]
+    params: tuple[int, int]
+    macs: tuple[int, int]
+    output_error: float  # max |new - old| / max |old| on random inputs, before fine-tuning
+    accuracy: dict = field(default_factory=dict)  # "original", "decomposed", "finetuned" (validation)
+    inputs: tuple[torch.Tensor, ...] = field(default=(), repr=False)
+
+    def save_pt2(self, path: str) -> None:
+        from .training import export_pt2
+
+        export_pt2(self.module, path, torch.cat([self.inputs[0]] * 2) if self.inputs[0].shape[0] == 1 else self.inputs[0])
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "rank": self.rank, "params": list(self.params), "macs": list(self.macs),
+                "output_error": self.output_error, "accuracy": self.accuracy,
+                "layers": [layer.as_dict() for layer in self.layers]}
+
+
+def decompose(model: torch.nn.Module | ExportedProgram, example_input: torch.Tensor, method: str = "tucker",
+              rank="auto", finetune: tuple | None = None, lr: float = 1e-4, log=None) -> DecomposeResult:
+    """Traces `model`, factorizes its k x k convs where that saves MACs, and optionally fine-tunes.
+
+    `finetune`: (train_set, val_set, epochs); the accuracy before and after is recorded.
+    """
+    from .training import evaluate, train
+
+    inputs = (example_input,)
+    if isinstance(model, torch.nn.Module):
+        model = copy.deepcopy(model).eval()
+    gm = trace(model, inputs)
+    original = copy.deepcopy(gm)
+    before_params, before_macs = total_params(gm), graph_macs(gm, infer_shapes(gm))
+    layers: list[LayerReport] = []
+    result = low_rank_decomposition(gm, method, rank, report=layers)
+    gm = result.module
+    gm.recompile()
+    after_macs = graph_macs(gm, infer_shapes(gm))
+    x = torch.randn(4, *example_input.shape[1:], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = original(x), gm(x)
+    error = ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+    out = DecomposeResult(gm, method, rank, layers, (before_params, total_params(gm)), (before_macs, after_macs),
+                          error, inputs=inputs)
+    if finetune:
+        train_set, val_set, epochs = finetune
+        out.accuracy["original"] = evaluate(original, val_set)[1]
+        out.accuracy["decomposed"] = evaluate(gm, val_set)[1]
+        if epochs:
+            train(gm, train_set, val_set, None, epochs, lr=lr, log=log)
+            out.accuracy["finetuned"] = evaluate(gm, val_set)[1]
+    return out

@@ -1,0 +1,245 @@
+"""Low-rank decomposition: one k x k conv -> a chain of smaller convs (lossy, unlike every fold).
+
+    Tucker-2  W[o,i,y,x] ~ sum U[o,a] C[a,b,y,x] V[i,b]         1x1 I->Ri, kxk Ri->Ro, 1x1 Ro->O
+    CP        W[o,i,y,x] ~ sum_r A[o,r] B[i,r] Y[y,r] X[x,r]     1x1 I->R, depthwise kx1, depthwise 1xk, 1x1 R->O
+    TT        W[i,y,x,o] ~ G1[i,r1] G2[r1,y,r2] G3[r2,x,r3] G4[r3,o]   1x1 I->r1, kx1 r1->r2, 1xk r2->r3, 1x1 r3->O
+
+(Corazza & Stojanovic, the seed in ../shared/seeds/003; Kim et al. 2016 for Tucker-2, Lebedev et al.
+2015 for CP, Novikov et al. 2015 for TT.) The factorizations are TensorLy's (partial_tucker,
+parafac, tensor_train), in float64. The stride and padding go to the spatial steps; the bias to
+the last 1x1.
+
+Ranks: an int is the rank itself; a float in (0, 1) the fraction of the layer's parameters to
+keep; "auto" is EVBMF (foldpass.vbmf) on the output- and input-mode unfoldings. A layer is
+factorized only when its chain has fewer MACs than the conv (the same cost model as the folds);
+1x1 and grouped convs are left alone. Every layer reports rank, parameters, MACs and the
+relative reconstruction error ||W - W'|| / ||W||. The new weights are nn.Parameters, so the
+decomposed module can be fine-tuned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from ..errors import InputError
+from ..ir import constant_value, drop_unused_attrs
+from ..shapes import infer_shapes
+from .base import Notes, PassResult
+
+NAME = "low_rank_decomposition"
+aten = torch.ops.aten
+METHODS = ("tucker", "cp", "tt")
+
+
+@dataclass
+class LayerReport:
+    node: str
+    shape: tuple[int, ...]
+    rank: tuple[int, ...]
+    params: tuple[int, int]  # before, after
+    macs: tuple[int, int]
+    error: float  # relative reconstruction error
+
+    def as_dict(self) -> dict:
+        return {"node": self.node, "shape": list(self.shape), "rank": list(self.rank), "params": list(self.params),
+                "macs": list(self.macs), "error": self.error}
+
+
+def parse_rank(text) -> str | int | float:
+    """'auto' | '0.25' (a parameter fraction) | '16' (a rank)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = text
+    elif text == "auto":
+        return "auto"
+    else:
+        try:
+            value = float(text) if "." in str(text) else int(text)
+        except ValueError:
+            raise InputError(f"--rank must be auto, a fraction like 0.25, or an integer; got '{text}'") from None
+    if isinstance(value, float) and not 0 < value < 1 or isinstance(value, int) and value < 1:
+        raise InputError(f"--rank {value}: a fraction must lie in (0, 1), a rank must be at least 1")
+    return value
+
+
+# ----------------------------------------------------------------------------- ranks and costs
+
+
+def _chain_cost(method: str, rank, o, i, kh, kw, hin_win, hout_win, hout_wout) -> tuple[int, int]:
+    """(parameters, MACs per sample) of the factorized chain."""
+    if method == "tucker":
+        ro, ri = rank
+        return i * ri + ro * ri * kh * kw + o * ro, hin_win * i * ri + hout_wout * (ro * ri * kh * kw + o * ro)
+    if method == "cp":
+        (r,) = rank
+        return r * (i + kh + kw + o), hin_win * i * r + hout_win * r * kh + hout_wout * r * (kw + o)
+    r1, r2, r3 = rank
+    return (i * r1 + r1 * kh * r2 + r2 * kw * r3 + r3 * o,
+            hin_win * i * r1 + hout_win * r1 * r2 * kh + hout_wout * (r2 * r3 * kw + r3 * o))
+
+
+def _ranks_for(method: str, n: int, o: int, i: int, kh: int, kw: int) -> tuple[int, ...]:
+    if method == "tucker":
+        return (min(n, o), min(n, i))
+    if method == "cp":
+        return (n,)
+    return (min(n, i), min(n, i * kh, o * kw), min(n, o))
+
+
+def _auto_ranks(method: str, w: np.ndarray) -> tuple[int, ...]:
+    from ..vbmf import evbmf_rank
+
+    o, i, kh, kw = w.shape
+    ro = max(1, evbmf_rank(w.reshape(o, -1)))
+    ri = max(1, evbmf_rank(np.moveaxis(w, 1, 0).reshape(i, -1)))
+    if method == "tucker":
+        return (ro, ri)
+    if method == "cp":
+        return (max(ro, ri),)
+    return (ri, min(max(ro, ri), ri * kh, ro * kw), ro)
+
+
+def choose_rank(method: str, rank, w: np.ndarray) -> tuple[int, ...]:
+    o, i, kh, kw = w.shape
+    if rank == "auto":
+        return _auto_ranks(method, w)
+    if isinstance(rank, int):
+        return _ranks_for(method, rank, o, i, kh, kw)
+    budget = rank * w.size  # the largest uniform rank whose chain keeps at most this many parameters
+    best = (1,) * (2 if method == "tucker" else 1 if method == "cp" else 3)
+    for n in range(1, max(o, i) * max(kh, kw) + 1):
+        candidate = _ranks_for(method, n, o, i, kh, kw) if method != "tucker" else \
+            (max(1, round(n * o / max(o, i))), max(1, round(n * i / max(o, i))))
+        if _chain_cost(method, candidate, o, i, kh, kw, 1, 1, 1)[0] > budget:
+            break
+        best = candidate
+    return best
+
+
+# ----------------------------------------------------------------------------- factorizations
+
+
+def _factorize(method: str, w: np.ndarray, rank: tuple[int, ...]):
+    """The chain's weights (float64 numpy) and the reconstruction."""
+    import tensorly as tl
+    from tensorly.decomposition import parafac, partial_tucker, tensor_train
+
+    tl.set_backend("numpy")
+    o, i, kh, kw = w.shape
+    if method == "tucker":
+        ro, ri = rank
+        (core, (u, v)), _ = partial_tucker(w, rank=[ro, ri], modes=[0, 1], init="svd", n_iter_max=50)
+        recon = np.einsum("abyx,oa,ib->oiyx", core, u, v)
+        return [v.T.reshape(ri, i, 1, 1), core, u.reshape(o, ro, 1, 1)], recon
+    if method == "cp":
+        (r,) = rank
+        cp = parafac(w, rank=r, init="svd" if r <= min(o, i) else "random", n_iter_max=200, random_state=0,
+                     normalize_factors=False)
+        a, b, y, x = cp.factors
+        a = a * cp.weights[None, :]
+        recon = np.einsum("or,ir,yr,xr->oiyx", a, b, y, x)
+        return [b.T.reshape(r, i, 1, 1), y.T.reshape(r, 1, kh, 1), x.T.reshape(r, 1, 1, kw), a.reshape(o, r, 1, 1)], recon
+    r1, r2, r3 = rank
+    tt = tensor_train(np.transpose(w, (1, 2, 3, 0)), rank=[1, r1, r2, r3, 1])
+    g1, g2, g3, g4 = tt.factors  # (1, I, r1), (r1, kh, r2), (r2, kw, r3), (r3, O, 1)
+    r1, r2, r3 = g1.shape[2], g2.shape[2], g3.shape[2]  # TensorLy caps ranks at the tensor's
+    recon = np.einsum("aib,byc,cxd,doe->oiyx", g1, g2, g3, g4)
+    return [g1[0].T.reshape(r1, i, 1, 1), np.transpose(g2, (2, 0, 1))[..., None],
+            np.transpose(g3, (2, 0, 1))[:, :, None, :], g4[..., 0].T.reshape(o, r3, 1, 1)], recon
+
+
+def _chain(method, factors, stride, pad):
+    """(weight, stride, padding, groups) of each conv in the chain."""
+    sh, sw = stride
+    ph, pw = pad
+    if method == "tucker":
+        return [(factors[0], [1, 1], [0, 0], 1), (factors[1], [sh, sw], [ph, pw], 1), (factors[2], [1, 1], [0, 0], 1)]
+    if method == "cp":
+        r = factors[0].shape[0]
+        return [(factors[0], [1, 1], [0, 0], 1), (factors[1], [sh, 1], [ph, 0], r), (factors[2], [1, sw], [0, pw], r),
+                (factors[3], [1, 1], [0, 0], 1)]
+    return [(factors[0], [1, 1], [0, 0], 1), (factors[1], [sh, 1], [ph, 0], 1), (factors[2], [1, sw], [0, pw], 1),
+            (factors[3], [1, 1], [0, 0], 1)]
+
+
+_counter = [0]
+
+
+def _param(gm: fx.GraphModule, value: torch.Tensor, before: fx.Node) -> fx.Node:
+    _counter[0] += 1
+    name = f"_foldpass_lowrank_{_counter[0]}"
+    while hasattr(gm, name):
+        _counter[0] += 1
+        name = f"_foldpass_lowrank_{_counter[0]}"
+    gm.register_parameter(name, torch.nn.Parameter(value.contiguous()))
+    with gm.graph.inserting_before(before):
+        return gm.graph.get_attr(name)
+
+
+def low_rank_decomposition(gm: fx.GraphModule, method: str = "tucker", rank="auto",
+                           report: list[LayerReport] | None = None) -> PassResult:
+    """Replaces each k x k conv whose factorized chain costs fewer MACs by that chain."""
+    if method not in METHODS:
+        raise InputError(f"unknown method '{method}'; valid methods: {', '.join(METHODS)}")
+    rank = parse_rank(rank)
+    notes = Notes(NAME)
+    shapes = infer_shapes(gm)
+    done = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target != aten.convolution.default:
+            continue
+        weight, bias = constant_value(gm, node.args[1]), node.args[2]
+        stride, pad, dil, transposed, _, groups = node.args[3:9]
+        if weight is None or weight.dim() != 4:
+            continue
+        o, i, kh, kw = weight.shape
+        why = ("it is 1x1 (a matrix)" if kh * kw == 1 else "it is grouped" if groups != 1 else
+               "it is transposed or dilated" if transposed or any(d != 1 for d in dil) else None)
+        if why:
+            notes.declined(f"{node.name} kept: {why}", node.name)
+            continue
+        w = weight.detach().to(torch.float64).numpy()
+        ranks = choose_rank(method, rank, w)
+        hin, win = shapes[node.args[0]].sample_shape[1:]
+        hout, wout = shapes[node].sample_shape[1:]
+        params_after, macs_after = _chain_cost(method, ranks, o, i, kh, kw, hin * win, hout * win, hout * wout)
+        params_before, macs_before = w.size, hout * wout * w.size
+        if macs_after >= macs_before:
+            notes.declined(f"{node.name} kept: the {method} chain at rank {ranks} costs {macs_after:,} MACs >= the "
+                           f"conv's {macs_before:,}", node.name)
+            continue
+        factors, recon = _factorize(method, w, ranks)
+        error = float(np.linalg.norm(w - recon) / max(np.linalg.norm(w), 1e-30))
+        dtype = weight.dtype
+        x = node.args[0]
+        for k, (fw, st, pd, g) in enumerate(_chain(method, factors, _pair(stride), _pair(pad))):
+            last = k == len(factors) - 1
+            wnode = _param(gm, torch.from_numpy(np.ascontiguousarray(fw)).to(dtype), node)
+            with gm.graph.inserting_before(node):
+                x = gm.graph.call_function(aten.convolution.default,
+                                           (x, wnode, bias if last else None, st, pd, [1, 1], False, [0, 0], g))
+        node.replace_all_uses_with(x)
+        gm.graph.erase_node(node)
+        done += 1
+        actual = {"tucker": (factors[1].shape[0], factors[0].shape[0]), "cp": ranks,
+                  "tt": tuple(int(f.shape[0]) for f in factors[:-1])}[method]
+        layer = LayerReport(node.name, (o, i, kh, kw), actual, (params_before, params_after), (macs_before, macs_after), error)
+        if report is not None:
+            report.append(layer)
+        notes.applied(f"{node.name} {o}x{i}x{kh}x{kw} -> {method} rank {actual}: params {params_before:,} -> "
+                      f"{params_after:,}, MACs {macs_before:,} -> {macs_after:,}, error {error:.3f}", node.name)
+    if done:
+        drop_unused_attrs(gm)
+    return PassResult(gm, done > 0, notes)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (tuple(v) * 2 if len(v) == 1 else (int(v[0]), int(v[1])))
+
+
+def total_params(gm: fx.GraphModule) -> int:
+    return sum(p.numel() for p in gm.parameters()) + sum(b.numel() for b in gm.buffers())
+
