@@ -33,6 +33,7 @@ from .base import Notes, PassResult
 NAME = "low_rank_decomposition"
 aten = torch.ops.aten
 METHODS = ("tucker", "cp", "tt")
+CP_SWEEPS = 25  # ALS sweeps per layer: TensorLy's ALS takes seconds per sweep on a 512 x 512 x 3 x 3 kernel
 
 
 @dataclass
@@ -132,21 +133,21 @@ def _factorize(method: str, w: np.ndarray, rank: tuple[int, ...]):
     if method == "tucker":
         ro, ri = rank
         (core, (u, v)), _ = partial_tucker(w, rank=[ro, ri], modes=[0, 1], init="svd", n_iter_max=50)
-        recon = np.einsum("abyx,oa,ib->oiyx", core, u, v)
+        recon = np.einsum("abyx,oa,ib->oiyx", core, u, v, optimize=True)
         return [v.T.reshape(ri, i, 1, 1), core, u.reshape(o, ro, 1, 1)], recon
     if method == "cp":
         (r,) = rank
-        cp = parafac(w, rank=r, init="svd" if r <= min(o, i) else "random", n_iter_max=200, random_state=0,
-                     normalize_factors=False)
+        cp = parafac(w, rank=r, init="svd" if r <= min(o, i) else "random", n_iter_max=CP_SWEEPS, tol=1e-6,
+                     random_state=0, normalize_factors=False)
         a, b, y, x = cp.factors
         a = a * cp.weights[None, :]
-        recon = np.einsum("or,ir,yr,xr->oiyx", a, b, y, x)
+        recon = np.einsum("or,ir,yr,xr->oiyx", a, b, y, x, optimize=True)
         return [b.T.reshape(r, i, 1, 1), y.T.reshape(r, 1, kh, 1), x.T.reshape(r, 1, 1, kw), a.reshape(o, r, 1, 1)], recon
     r1, r2, r3 = rank
     tt = tensor_train(np.transpose(w, (1, 2, 3, 0)), rank=[1, r1, r2, r3, 1])
     g1, g2, g3, g4 = tt.factors  # (1, I, r1), (r1, kh, r2), (r2, kw, r3), (r3, O, 1)
     r1, r2, r3 = g1.shape[2], g2.shape[2], g3.shape[2]  # TensorLy caps ranks at the tensor's
-    recon = np.einsum("aib,byc,cxd,doe->oiyx", g1, g2, g3, g4)
+    recon = np.einsum("aib,byc,cxd,doe->oiyx", g1, g2, g3, g4, optimize=True)
     return [g1[0].T.reshape(r1, i, 1, 1), np.transpose(g2, (2, 0, 1))[..., None],
             np.transpose(g3, (2, 0, 1))[:, :, None, :], g4[..., 0].T.reshape(o, r3, 1, 1)], recon
 
