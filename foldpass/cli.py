@@ -122,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_path(args) -> str:
+    """The absolute output path, or InputError when writing it would clobber a file or cannot work."""
+    output = os.path.abspath(args.output)
+    if os.path.exists(output) and not args.force:
+        raise InputError(f"{args.output} exists; pass --force to overwrite it")
+    if os.path.isdir(output):
+        raise InputError(f"{args.output} is a directory")
+    if not os.path.isdir(os.path.dirname(output)):
+        raise InputError(f"output directory does not exist: {os.path.dirname(output)}")
+    return output
+
+
 def _console():
     from rich.console import Console
 
@@ -148,13 +160,7 @@ class _Null:
 def cmd_optimize(args) -> int:
     import foldpass
 
-    output = os.path.abspath(args.output)
-    if os.path.exists(output) and not args.force:
-        raise InputError(f"{args.output} exists; pass --force to overwrite it")
-    if os.path.isdir(output):
-        raise InputError(f"{args.output} is a directory")
-    if not os.path.isdir(os.path.dirname(output)):
-        raise InputError(f"output directory does not exist: {os.path.dirname(output)}")
+    output = _output_path(args)
     console = _console()
     shape = foldpass.parse_input_shape(args.input_shape)
     extra = foldpass.load_npy_inputs(args.inputs) if args.inputs else []
@@ -221,11 +227,7 @@ def cmd_train(args) -> int:
     from .schedules import make_schedule
     from .training import export_pt2, init_distributed, train
 
-    output = os.path.abspath(args.output)
-    if os.path.exists(output) and not args.force:
-        raise InputError(f"{args.output} exists; pass --force to overwrite it")
-    if not os.path.isdir(os.path.dirname(output)):
-        raise InputError(f"output directory does not exist: {os.path.dirname(output)}")
+    output = _output_path(args)
     if args.epochs < 1:
         raise InputError("--epochs must be at least 1")
     rank, device = init_distributed()
@@ -269,11 +271,7 @@ def cmd_decompose(args) -> int:
     from .data import load_dataset
     from .passes.low_rank_decomposition import parse_rank
 
-    output = os.path.abspath(args.output)
-    if os.path.exists(output) and not args.force:
-        raise InputError(f"{args.output} exists; pass --force to overwrite it")
-    if not os.path.isdir(os.path.dirname(output)):
-        raise InputError(f"output directory does not exist: {os.path.dirname(output)}")
+    output = _output_path(args)
     rank = parse_rank(args.rank)
     console = _console()
     model, inputs = foldpass.load_source(args.source, foldpass.parse_input_shape(args.input_shape), args.weights,

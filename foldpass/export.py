@@ -34,7 +34,7 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
                                         dynamic_shapes=dynamic, output_names=output_names, verbose=False)
         except Exception as first:  # noqa: BLE001
             if not dynamic_batch:
-                raise FoldpassError(f"ONNX export failed: {type(first).__name__}: {str(first).splitlines()[0]}") from first
+                raise FoldpassError(f"ONNX export failed: {type(first).__name__}: {first_line(first)}") from first
             return to_onnx(module, inputs, opset, dynamic_batch=False, output_names=output_names)
     with quiet():
         model = tidy(program.model_proto)

@@ -30,7 +30,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 
 class Blend(nn.Module):
@@ -157,7 +157,7 @@ def blend_residuals(model: nn.Module, t: float = 0.5, exact: bool = True) -> fx.
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"cannot convert: torch.fx.symbolic_trace failed on {type(model).__name__} "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+                         f"({type(exc).__name__}: {first_line(exc)})") from exc
     memo: dict = {}
     count = 0
     for node in list(gm.graph.nodes):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 _DTYPES = {1: torch.float32, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16, 6: torch.int32, 7: torch.int64,
            9: torch.bool}
@@ -132,16 +132,27 @@ def _pad(x, pads, value=None, axes=None, mode="constant"):
         torch_pads += [pads[d], pads[d + n]]
     while torch_pads and torch_pads[-2:] == [0, 0]:
         torch_pads = torch_pads[:-2]
-    v = 0.0 if value is None else (float(value) if not isinstance(value, torch.Tensor) else float(value.item()))
+    v = _scalar(value) or 0.0
     return F.pad(x, torch_pads, mode={"constant": "constant", "reflect": "reflect", "edge": "replicate"}[mode], value=v)
 
 
+def _scalar(v) -> float | None:
+    """An optional scalar operand (a Python number or a one-element constant tensor) as a float."""
+    return None if v is None else float(v.item() if isinstance(v, torch.Tensor) else v)
+
+
 def _clip(x, lo=None, hi=None):
-    lo = float(lo) if lo is not None and not isinstance(lo, torch.Tensor) else (lo.item() if lo is not None else None)
-    hi = float(hi) if hi is not None and not isinstance(hi, torch.Tensor) else (hi.item() if hi is not None else None)
+    lo, hi = _scalar(lo), _scalar(hi)
     if lo == 0.0 and hi is None:
         return torch.relu(x)
     return torch.clamp(x, lo, hi)
+
+
+def _hardsigmoid(x, alpha=0.2, beta=0.5):
+    """max(0, min(1, alpha x + beta)); torch's hardsigmoid (kept whole by the trace) when alpha = 1/6, beta = 1/2."""
+    if abs(alpha - 1 / 6) < 1e-7 and beta == 0.5:
+        return F.hardsigmoid(x)
+    return torch.clamp(alpha * x + beta, 0, 1)
 
 
 def _list_or(fn_list, fn_tensor):
@@ -193,7 +204,7 @@ ONNX_OPS = {
     "LeakyRelu": lambda x, alpha=0.01: F.leaky_relu(x, alpha),
     "Sigmoid": torch.sigmoid,
     "Tanh": torch.tanh,
-    "HardSigmoid": lambda x, alpha=0.2, beta=0.5: F.hardsigmoid(x) if (alpha, beta) == (1 / 6, 0.5) or abs(alpha - 1 / 6) < 1e-7 else torch.clamp(alpha * x + beta, 0, 1),
+    "HardSigmoid": _hardsigmoid,
     "HardSwish": F.hardswish,
     "Clip": _clip,
     "Softmax": lambda x, axis=-1: torch.softmax(x, axis),
@@ -302,7 +313,7 @@ def load_onnx(path: str) -> onnx.ModelProto:
         onnx.checker.check_model(path if model.ByteSize() > 2**31 - 1 else model)
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: the ONNX model does not pass onnx.checker: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+                         f"{first_line(exc)}") from exc
     return model
 
 

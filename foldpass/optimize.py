@@ -20,7 +20,7 @@ from .ir import STATIC_KEY, trace
 from .passes import run_pipeline
 from .passes.affine_folding import DEFAULT_MAX_FOLD_BYTES
 from .report import GraphStats, Report
-from .verify import DEFAULT_ATOL, DEFAULT_RTOL, Verification, verification_inputs, verify
+from .verify import DEFAULT_ATOL, DEFAULT_RTOL, Verification, output_tensors, verification_inputs, verify
 
 
 @dataclass
@@ -168,8 +168,6 @@ def _max_error(optimized: fx.GraphModule, original: torch.nn.Module, inputs, sta
     worst = 0.0
     with torch.no_grad():
         for case in verification_inputs(inputs, static):
-            a, b = optimized(*case), original(*case)
-            a, b = (a,) if isinstance(a, torch.Tensor) else a, (b,) if isinstance(b, torch.Tensor) else b
-            for x, y in zip(a, b):
+            for x, y in zip(output_tensors(optimized(*case)), output_tensors(original(*case))):
                 worst = max(worst, (x.float() - y.float()).abs().max().item())
     return worst

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .homotopy import set_t
 from .schedules import Schedule
 
@@ -184,7 +184,7 @@ def _load_checkpoint(path: str, model, optimizer, schedule: Schedule) -> tuple[i
             schedule.load_state_dict(state["schedule"])
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: not a foldpass training checkpoint for this model ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+                         f"{first_line(exc)})") from exc
     return int(state["epoch"]), [EpochLog(**h) for h in state["history"]]
 
 

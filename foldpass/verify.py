@@ -48,18 +48,19 @@ class Verification:
 
 
 def _flatten(out) -> list[np.ndarray]:
-    return [t.detach().float().numpy() for t in _tensors(out)]
+    return [t.detach().float().numpy() for t in output_tensors(out)]
 
 
-def _tensors(out):
+def output_tensors(out):
+    """Every tensor of a model's output (a tensor, or nested tuples / lists / dicts of them), in order."""
     if isinstance(out, torch.Tensor):
         yield out
     elif isinstance(out, (list, tuple)):
         for o in out:
-            yield from _tensors(o)
+            yield from output_tensors(o)
     elif isinstance(out, dict):
         for o in out.values():
-            yield from _tensors(o)
+            yield from output_tensors(o)
     else:
         raise VerificationError(f"the model returns {type(out).__name__}, not tensors")
 
@@ -93,7 +94,7 @@ def verify(onnx_model: onnx.ModelProto | str, reference: torch.nn.Module, cases:
         with torch.no_grad():
             out = reference(*case)
         want = _flatten(out)
-        dtype = next((o.dtype for o in _tensors(out)), dtype)
+        dtype = next((o.dtype for o in output_tensors(out)), dtype)
         try:
             got = session.run(None, {n: x.numpy() for n, x in zip(names, case)})
         except Exception as exc:  # noqa: BLE001
