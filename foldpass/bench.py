@@ -1,10 +1,12 @@
 """`foldpass bench`: several ONNX models timed side by side under onnxruntime.
 
-Every model runs under the same session options (ORT_ENABLE_ALL), interleaved round by round
-(A B C, A B C, ...) after a warm-up, so machine drift hits all alike. Each round times a
-calibrated number of runs per model; per-image time is that time / (runs * batch).
-Reported: the median over rounds and the interquartile spread, throughput, and each model's
-ratio to the first, taken round by round (same round, same conditions) and then the median.
+Every model runs under the same session options (ORT_ENABLE_ALL, intra-op threads that sleep
+rather than spin between runs) after a warm-up. Timing is interleaved in short blocks (A B C,
+A B C, ...: each block a calibrated number of runs, about BLOCK_S long), so machine drift and
+interrupts hit all models alike; per-image time is a block's time / (runs * batch).
+Reported: per round the median block, the median over rounds and the interquartile spread,
+throughput, and each model's ratio to the first, taken block by block (neighbours in time,
+same conditions) and then the median over every block of every round.
 On CUDA, inputs and outputs are bound on the device (IOBinding) so no copy is timed, and the
 provider that really ran is read back from the session (onnxruntime falls back to CPU silently).
 """
@@ -23,13 +25,16 @@ import numpy as np
 
 from .errors import InputError
 
+BLOCK_S = 0.002  # the shortest stretch timed at once: long enough that the clock's overhead is noise
+
 
 @dataclass
 class Timing:
     name: str
     batch: int
-    per_image_s: list[float] = field(default_factory=list)  # one per round
-    ratios: list[float] = field(default_factory=list)  # first model's time / this model's time, per round
+    per_image_s: list[float] = field(default_factory=list)  # one per round: the median of its blocks
+    blocks_s: list[float] = field(default_factory=list)  # per-image time of every block, in the order timed
+    ratios: list[float] = field(default_factory=list)  # first model's time / this model's, block by block
 
     @property
     def median_us(self) -> float:
@@ -147,6 +152,9 @@ class _Runner:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        # Several sessions share the cores in one run: a session whose worker threads spin-wait
+        # after each run steals CPU from the next one timed, which skews ratios by tens of percent.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(path, opts, providers=list(dict.fromkeys([provider, "CPUExecutionProvider"])))
         self.actual_provider = self.session.get_providers()[0]
         rng = np.random.default_rng(0)
@@ -186,11 +194,13 @@ def _np_dtype(onnx_type: str):
         onnx_type, np.float32)
 
 
-def _calibrate(run, target_s: float) -> int:
+def _calibrate(run, block_s: float, round_s: float) -> tuple[int, int]:
+    """(runs per block, blocks per round) for a model whose single run takes what it takes now."""
     start = time.perf_counter()
     run()
     once = max(time.perf_counter() - start, 1e-7)
-    return max(1, int(target_s / once))
+    per_block = max(1, int(block_s / once))
+    return per_block, max(1, int(round_s / (per_block * once)))
 
 
 def bench(models: list[str], names: list[str] | None = None, provider: str = "auto", batches=(1, 64),
@@ -212,18 +222,24 @@ def bench(models: list[str], names: list[str] | None = None, provider: str = "au
         for r in runners:
             for _ in range(warmup):
                 r.run()
-        iters = [_calibrate(r.run, round_s) for r in runners]
+        plans = [_calibrate(r.run, BLOCK_S, round_s) for r in runners]
+        blocks = min(b for _, b in plans)  # the same count for all, so every block has neighbours
         timings = [Timing(n, batch) for n in names]
         for _ in range(rounds):
-            for r, k, t in zip(runners, iters, timings):
-                start = time.perf_counter()
-                for _ in range(k):
-                    r.run()
-                t.per_image_s.append((time.perf_counter() - start) / (k * batch))
+            this_round: list[list[float]] = [[] for _ in runners]
+            for _ in range(blocks):
+                for i, (r, (k, _)) in enumerate(zip(runners, plans)):
+                    start = time.perf_counter()
+                    for _ in range(k):
+                        r.run()
+                    this_round[i].append((time.perf_counter() - start) / (k * batch))
+            for t, mine in zip(timings, this_round):
+                t.per_image_s.append(statistics.median(mine))
+                t.blocks_s.extend(mine)
             if bar:
                 bar.advance(bar.task_ids[0])
         for t in timings:
-            t.ratios = [a / b for a, b in zip(timings[0].per_image_s, t.per_image_s)]
+            t.ratios = [a / b for a, b in zip(timings[0].blocks_s, t.blocks_s)]
         result.timings.extend(timings)
     if bar:
         bar.stop()

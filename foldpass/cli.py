@@ -99,9 +99,11 @@ def _add_decompose(sub) -> None:
     p.add_argument("--weights", help="state dict for pkg.module:build (loaded with weights_only=True)")
     p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a full torch.save(model) file")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the decomposed model this many epochs")
-    p.add_argument("--data", default="digits", help="fine-tuning data: digits (bundled) or mnist")
+    p.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-estimate batch-norm statistics on the data after factorizing (default: when fine-tuning)")
+    p.add_argument("--data", default="digits", help="recalibration / fine-tuning data: digits (bundled) or mnist")
     p.add_argument("--data-dir", help="where MNIST is")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (Adam)")
     p.add_argument("--report", help="also write the per-layer report as JSON")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.set_defaults(func=cmd_decompose)
@@ -277,11 +279,13 @@ def cmd_decompose(args) -> int:
     model, inputs = foldpass.load_source(args.source, foldpass.parse_input_shape(args.input_shape), args.weights,
                                          args.trust_pickle)
     finetune = None
-    if args.finetune_epochs:
+    recalibrate = bool(args.finetune_epochs) if args.recalibrate is None else args.recalibrate
+    if args.finetune_epochs or recalibrate:
         shape = tuple(inputs[0].shape[1:])
         finetune = (*load_dataset(args.data, args.data_dir, image_shape=shape), args.finetune_epochs)
     with _status(console, f"decomposing ({args.method}, rank {args.rank})"):
         result = foldpass.decompose(model, inputs[0], args.method, rank, finetune=finetune, lr=args.lr,
+                                    recalibrate=recalibrate,
                                     log=lambda e: console.print(f"fine-tune epoch {e.epoch}: loss {e.train_loss:.4f}, "
                                                                 f"val acc {e.val_acc:.2%}"))
     _decompose_table(result, console)

@@ -1,6 +1,7 @@
 """The timing harness on tiny models: structure, same-round ratios, provider fallback (no absolute times)."""
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -22,12 +23,17 @@ def two_models(tmp_path_factory):
     return str(a), str(b)
 
 
-def test_structure_and_same_round_ratios(two_models):
-    res = bench(list(two_models), ["a", "b"], provider="cpu", batches=(1, 4), rounds=3, round_s=0.005, warmup=1)
+def test_structure_and_neighbouring_block_ratios(two_models):
+    res = bench(list(two_models), ["a", "b"], provider="cpu", batches=(1, 4), rounds=3, round_s=0.01, warmup=1)
     assert [(t.name, t.batch) for t in res.timings] == [("a", 1), ("b", 1), ("a", 4), ("b", 4)]
     for first, other in ((res.timings[0], res.timings[1]), (res.timings[2], res.timings[3])):
         assert len(other.per_image_s) == 3
-        assert other.ratios == pytest.approx([x / y for x, y in zip(first.per_image_s, other.per_image_s)])
+        assert len(other.blocks_s) == len(first.blocks_s) and len(first.blocks_s) % 3 == 0
+        per_round = len(first.blocks_s) // 3
+        assert other.per_image_s == [statistics.median(other.blocks_s[k * per_round:(k + 1) * per_round])
+                                     for k in range(3)]
+        assert other.ratios == pytest.approx([x / y for x, y in zip(first.blocks_s, other.blocks_s)])
+        assert other.speedup == pytest.approx(statistics.median(other.ratios))
         assert first.speedup == 1.0
     table = res.markdown()
     assert table.count("\n") == 5 and "speed-up vs first" in table

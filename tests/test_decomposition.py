@@ -104,5 +104,16 @@ def test_cli_decompose_with_finetuning(tmp_path, capsys):
                  "--method", "tt", "--rank", "0.5", "--finetune-epochs", "1", "--report", str(report)])
     assert code == 0 and (tmp_path / "d.pt2").exists()
     data = json.loads(report.read_text())
-    assert set(data["accuracy"]) == {"original", "decomposed", "finetuned"}
+    assert set(data["accuracy"]) == {"original", "decomposed", "recalibrated", "finetuned"}
     assert "lossy" in capsys.readouterr().out
+
+
+def test_cli_recalibrate_alone_and_opt_out(tmp_path):
+    def run(*flags):
+        report = tmp_path / "r.json"
+        assert main(["decompose", "models:CNN6", "-o", str(tmp_path / "d.pt2"), "--input-shape", "1,1,28,28",
+                     "--method", "tucker", "--rank", "0.3", "--report", str(report), "--force", *flags]) == 0
+        return set(json.loads(report.read_text())["accuracy"])
+
+    assert run("--recalibrate") == {"original", "decomposed", "recalibrated"}
+    assert run() == set()  # no data asked for: none is loaded

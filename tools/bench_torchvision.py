@@ -88,8 +88,10 @@ def write_docs(data: dict) -> None:
     lines = ["# foldpass on torchvision models and a multi-branch network (onnxruntime CPU)", "",
              f"{env['cpu']}, {env['cores']} cores; onnxruntime {env['onnxruntime']}, torch {env['torch']}; "
              f"{env['date']}. Random weights, random BN statistics. Per-image median over {data['rounds']} "
-             "interleaved rounds; ratio = original's time / this model's time in the same round (median; "
-             "> 1 is faster). Every session runs with ORT_ENABLE_ALL. Re-run: `python tools/bench_torchvision.py`.",
+             "rounds, the models interleaved in blocks of about 2 ms inside each round; ratio = original's time / "
+             "this model's time in neighbouring blocks (median over all blocks; > 1 is faster). Every session runs "
+             "with ORT_ENABLE_ALL and intra-op threads that do not spin between runs. "
+             "Re-run: `python tools/bench_torchvision.py`.",
              "", "No GPU was lent to this session, so there are no CUDA rows."]
     if data.get("remeasured"):
         lines += ["", f"Re-measured alone on an idle machine after a first run disturbed by other work: "
@@ -113,8 +115,10 @@ def write_docs(data: dict) -> None:
     lines += ["", f"How much to trust a ratio: the original and its ORT_ENABLE_ALL offline copy compute the same "
               f"graph with the same kernels, yet their ratios here stray from 1.00 by up to {noise:.0%}. Ratios within "
               f"that band are this 2-core machine's noise, not the graphs. foldpass's output has the same ONNX ops as "
-              f"the original for: {', '.join(same) or 'none'}. A likely cause to remove next: onnxruntime's intra-op "
-              "threads spin after each run, and several sessions in one process compete for the two cores.",
+              f"the original for: {', '.join(same) or 'none'}; for them a ratio away from 1.00 can only be noise. "
+              "An earlier run of this script let onnxruntime's intra-op threads spin-wait after each run (its "
+              "default): the spinning session stole the cores from the next one timed, and the same graph measured "
+              "up to 54% apart. bench.py now turns spinning off, which brought that band to the one above.",
               "", "Target: foldpass >= 0.97 x the original at both batches. "
               + "; ".join(f"{m}: worst {r:.3f} ({'met' if r >= 0.97 else 'NOT met'})" for m, r in worst) + ".", "",
               "## What foldpass changed", ""]

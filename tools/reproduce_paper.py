@@ -147,8 +147,9 @@ def write_docs(out: str, env: dict, records: list[dict]) -> None:
         f"Machine: {env['cpu']}, {env['cores']} cores ({env['machine']}); onnxruntime {env['onnxruntime']} "
         f"(CPUExecutionProvider, ORT_ENABLE_ALL), torch {env.get('torch')}, Python {env['python']}; {env['date']}.",
         "Random weights with non-trivial batch-norm statistics; MNIST shape 1x28x28; width 64 for the ResNets.",
-        "Each table comes from one interleaved run: models alternate round by round, the median over rounds is",
-        "reported, and the speed-up is the median of the per-round ratios to the original.",
+        "Each table comes from one interleaved run: inside each round the models alternate in blocks of about",
+        "2 ms; reported are the median over rounds and, as the speed-up, the median ratio to the original over",
+        "neighbouring blocks. onnxruntime's intra-op threads do not spin between runs (see foldpass/bench.py).",
         "",
         "**CUDA: not yet measured.** No GPU was lent to the sessions so far. The paper's own figures are on an",
         "RTX 2060 in PyTorch, so only the ratios can be compared with ours.",

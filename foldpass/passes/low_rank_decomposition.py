@@ -19,6 +19,7 @@ decomposed module can be fine-tuned.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,8 +138,11 @@ def _factorize(method: str, w: np.ndarray, rank: tuple[int, ...]):
         return [v.T.reshape(ri, i, 1, 1), core, u.reshape(o, ro, 1, 1)], recon
     if method == "cp":
         (r,) = rank
-        cp = parafac(w, rank=r, init="svd" if r <= min(o, i) else "random", n_iter_max=CP_SWEEPS, tol=1e-6,
-                     random_state=0, normalize_factors=False)
+        with warnings.catch_warnings():
+            # the SVD init fills the kh and kw factors' columns beyond rank 3 at random, as it says: expected here
+            warnings.filterwarnings("ignore", "Trying to compute SVD with n_eigenvecs", UserWarning)
+            cp = parafac(w, rank=r, init="svd" if r <= min(o, i) else "random", n_iter_max=CP_SWEEPS, tol=1e-6,
+                         random_state=0, normalize_factors=False)
         a, b, y, x = cp.factors
         a = a * cp.weights[None, :]
         recon = np.einsum("or,ir,yr,xr->oiyx", a, b, y, x, optimize=True)
