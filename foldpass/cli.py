@@ -308,6 +308,8 @@ def _decompose_table(result, console) -> None:
                       f"{layer.params[0]:,} -> {layer.params[1]:,}", f"{layer.macs[0]:,} -> {layer.macs[1]:,}",
                       f"{layer.error:.3f}")
     console.print(table)
+    for reason in result.kept:
+        console.print(f"  {reason}", highlight=False)
     p, m = result.params, result.macs
     console.print(f"model: {p[0]:,} -> {p[1]:,} parameters ({p[1] / p[0]:.1%}), {m[0]:,} -> {m[1]:,} MACs "
                   f"({m[1] / max(m[0], 1):.1%}); outputs moved by {result.output_error:.3g} of their scale "
@@ -315,7 +317,7 @@ def _decompose_table(result, console) -> None:
     if result.accuracy:
         console.print("validation accuracy: " + ", ".join(f"{k} {v:.2%}" for k, v in result.accuracy.items()))
     if not result.layers:
-        console.print("no layer was decomposed (see the ranks: every chain would have cost more MACs)")
+        console.print("no layer was decomposed (each one's reason is listed above)")
 
 
 def cmd_demo(args) -> int:

@@ -35,7 +35,8 @@ class DecomposeResult:
     params: tuple[int, int]
     macs: tuple[int, int]
     output_error: float  # max |new - old| / max |old| on random inputs, before fine-tuning
-    accuracy: dict = field(default_factory=dict)  # "original", "decomposed", "finetuned" (validation)
+    accuracy: dict = field(default_factory=dict)  # "original", "decomposed", "recalibrated", "finetuned" (validation)
+    kept: list[str] = field(default_factory=list)  # each conv left alone, and why
     inputs: tuple[torch.Tensor, ...] = field(default=(), repr=False)
 
     def save_pt2(self, path: str) -> None:
@@ -46,7 +47,7 @@ class DecomposeResult:
     def as_dict(self) -> dict:
         return {"method": self.method, "rank": self.rank, "params": list(self.params), "macs": list(self.macs),
                 "output_error": self.output_error, "accuracy": self.accuracy,
-                "layers": [layer.as_dict() for layer in self.layers]}
+                "layers": [layer.as_dict() for layer in self.layers], "kept": self.kept}
 
 
 def decompose(model: torch.nn.Module | ExportedProgram, example_input: torch.Tensor, method: str = "tucker",
@@ -76,7 +77,7 @@ def decompose(model: torch.nn.Module | ExportedProgram, example_input: torch.Ten
         want, got = original(x), gm(x)
     error = ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
     out = DecomposeResult(gm, method, rank, layers, (before_params, total_params(gm)), (before_macs, after_macs),
-                          error, inputs=inputs)
+                          error, kept=[n.message for n in result.notes if n.action == "declined"], inputs=inputs)
     if finetune:
         train_set, val_set, epochs = finetune
         out.accuracy["original"] = evaluate(original, val_set)[1]

@@ -88,6 +88,21 @@ def test_only_convs_whose_chain_is_cheaper_are_decomposed():
     assert not again.modified
 
 
+def test_a_chosen_rank_with_nothing_to_factorize_keeps_the_layer():
+    def decompose(rank, method="tucker"):
+        gm = foldpass.trace(Small().eval(), (torch.randn(2, 3, 16, 16),))
+        result = low_rank_decomposition(gm, method, rank)
+        return [n.message for n in result.notes if n.action == "applied"], [n.message for n in result.notes]
+
+    applied, notes = decompose(0.05)  # the 3-channel stem's 5% budget affords rank (1, 1); the 32 -> 32 conv's (4, 4)
+    assert len(applied) == 1 and "32x32x3x3" in applied[0]
+    assert sum("affords only rank (1, 1)" in n for n in notes) == 1
+    applied, notes = decompose("auto")  # random init: no component above the noise level
+    assert applied == [] and sum("EVBMF finds no component" in n for n in notes) == 2
+    applied, _ = decompose(1, "cp")  # an int rank is the user's own: applied as given
+    assert len(applied) == 2
+
+
 def test_decomposed_model_exports_to_onnx_and_runs(tmp_path):
     model = Small().eval()
     x = torch.randn(1, 3, 16, 16)
@@ -108,7 +123,7 @@ def test_cli_decompose_with_finetuning(tmp_path, capsys):
     assert "lossy" in capsys.readouterr().out
 
 
-def test_cli_recalibrate_alone_and_opt_out(tmp_path):
+def test_cli_recalibrate_alone_and_opt_out(tmp_path, capsys):
     def run(*flags):
         report = tmp_path / "r.json"
         assert main(["decompose", "models:CNN6", "-o", str(tmp_path / "d.pt2"), "--input-shape", "1,1,28,28",
@@ -116,4 +131,5 @@ def test_cli_recalibrate_alone_and_opt_out(tmp_path):
         return set(json.loads(report.read_text())["accuracy"])
 
     assert run("--recalibrate") == {"original", "decomposed", "recalibrated"}
+    assert "convolution kept: a 0.3 parameter budget affords only rank (1, 1)" in " ".join(capsys.readouterr().out.split())
     assert run() == set()  # no data asked for: none is loaded

@@ -12,7 +12,9 @@ the last 1x1.
 Ranks: an int is the rank itself; a float in (0, 1) the fraction of the layer's parameters to
 keep; "auto" is EVBMF (foldpass.vbmf) on the output- and input-mode unfoldings. A layer is
 factorized only when its chain has fewer MACs than the conv (the same cost model as the folds);
-1x1 and grouped convs are left alone. Every layer reports rank, parameters, MACs and the
+1x1 and grouped convs are left alone, and so is a layer whose chosen rank says there is nothing
+to factorize: a fraction that affords only rank 1 (typically the stem, which reads 3 channels), or
+EVBMF rank 0 (no component above the noise level, as in weights still close to their random init). Every layer reports rank, parameters, MACs and the
 relative reconstruction error ||W - W'|| / ||W||. The new weights are nn.Parameters, so the
 decomposed module can be fine-tuned.
 """
@@ -95,13 +97,25 @@ def _auto_ranks(method: str, w: np.ndarray) -> tuple[int, ...]:
     from ..vbmf import evbmf_rank
 
     o, i, kh, kw = w.shape
-    ro = max(1, evbmf_rank(w.reshape(o, -1)))
-    ri = max(1, evbmf_rank(np.moveaxis(w, 1, 0).reshape(i, -1)))
+    ro = evbmf_rank(w.reshape(o, -1))  # 0: nothing above the noise level; the pass then keeps the layer
+    ri = evbmf_rank(np.moveaxis(w, 1, 0).reshape(i, -1))
+    if min(ro, ri) == 0:
+        return (0,) * (2 if method == "tucker" else 1 if method == "cp" else 3)
     if method == "tucker":
         return (ro, ri)
     if method == "cp":
         return (max(ro, ri),)
     return (ri, min(max(ro, ri), ri * kh, ro * kw), ro)
+
+
+def _rank_too_low(rank, ranks: tuple[int, ...]) -> str | None:
+    """Why a chosen (not a given) rank is no factorization worth making, or None."""
+    if rank == "auto" and min(ranks) == 0:
+        return "EVBMF finds no component above the noise level in one of its unfoldings (rank 0)"
+    if isinstance(rank, float) and min(ranks) < 2:
+        return (f"a {rank:g} parameter budget affords only rank {ranks}: every output channel would be a multiple of "
+                "one feature map")
+    return None  # an int rank is the user's: it is applied as given
 
 
 def choose_rank(method: str, rank, w: np.ndarray) -> tuple[int, ...]:
@@ -184,61 +198,81 @@ def _param(gm: fx.GraphModule, value: torch.Tensor, before: fx.Node) -> fx.Node:
         return gm.graph.get_attr(name)
 
 
-def low_rank_decomposition(gm: fx.GraphModule, method: str = "tucker", rank="auto",
-                           report: list[LayerReport] | None = None) -> PassResult:
-    """Replaces each k x k conv whose factorized chain costs fewer MACs by that chain."""
+@dataclass
+class _Planned:
+    node: fx.Node
+    w: np.ndarray  # float64
+    dtype: torch.dtype
+    ranks: tuple[int, ...]
+    params: tuple[int, int]  # before, after
+    macs: tuple[int, int]
+
+
+def plan(gm: fx.GraphModule, method: str, rank, notes: Notes | None = None) -> list[_Planned]:
+    """The convs the pass would factorize, with their ranks and costs; each one it keeps goes to notes."""
     if method not in METHODS:
         raise InputError(f"unknown method '{method}'; valid methods: {', '.join(METHODS)}")
     rank = parse_rank(rank)
-    notes = Notes(NAME)
+    notes = Notes(NAME) if notes is None else notes
     shapes = infer_shapes(gm)
-    done = 0
-    for node in list(gm.graph.nodes):
+    planned = []
+    for node in gm.graph.nodes:
         if node.op != "call_function" or node.target != aten.convolution.default:
             continue
-        weight, bias = constant_value(gm, node.args[1]), node.args[2]
-        stride, pad, dil, transposed, _, groups = node.args[3:9]
+        weight = constant_value(gm, node.args[1])
+        _, _, dil, transposed, _, groups = node.args[3:9]
         if weight is None or weight.dim() != 4:
             continue
         o, i, kh, kw = weight.shape
         why = ("it is 1x1 (a matrix)" if kh * kw == 1 else "it is grouped" if groups != 1 else
                "it is transposed or dilated" if transposed or any(d != 1 for d in dil) else None)
+        w = weight.detach().to(torch.float64).numpy()
+        ranks = None if why else choose_rank(method, rank, w)
+        why = why or _rank_too_low(rank, ranks)
         if why:
             notes.declined(f"{node.name} kept: {why}", node.name)
             continue
-        w = weight.detach().to(torch.float64).numpy()
-        ranks = choose_rank(method, rank, w)
         hin, win = shapes[node.args[0]].sample_shape[1:]
         hout, wout = shapes[node].sample_shape[1:]
         params_after, macs_after = _chain_cost(method, ranks, o, i, kh, kw, hin * win, hout * win, hout * wout)
-        params_before, macs_before = w.size, hout * wout * w.size
+        macs_before = hout * wout * w.size
         if macs_after >= macs_before:
             notes.declined(f"{node.name} kept: the {method} chain at rank {ranks} costs {macs_after:,} MACs >= the "
                            f"conv's {macs_before:,}", node.name)
             continue
-        factors, recon = _factorize(method, w, ranks)
-        error = float(np.linalg.norm(w - recon) / max(np.linalg.norm(w), 1e-30))
-        dtype = weight.dtype
+        planned.append(_Planned(node, w, weight.dtype, ranks, (w.size, params_after), (macs_before, macs_after)))
+    return planned
+
+
+def low_rank_decomposition(gm: fx.GraphModule, method: str = "tucker", rank="auto",
+                           report: list[LayerReport] | None = None) -> PassResult:
+    """Replaces each k x k conv whose factorized chain costs fewer MACs by that chain."""
+    notes = Notes(NAME)
+    planned = plan(gm, method, rank, notes)
+    for p in planned:
+        node, (o, i, kh, kw) = p.node, p.w.shape
+        factors, recon = _factorize(method, p.w, p.ranks)
+        error = float(np.linalg.norm(p.w - recon) / max(np.linalg.norm(p.w), 1e-30))
+        bias, stride, pad = node.args[2:5]
         x = node.args[0]
         for k, (fw, st, pd, g) in enumerate(_chain(method, factors, _pair(stride), _pair(pad))):
             last = k == len(factors) - 1
-            wnode = _param(gm, torch.from_numpy(np.ascontiguousarray(fw)).to(dtype), node)
+            wnode = _param(gm, torch.from_numpy(np.ascontiguousarray(fw)).to(p.dtype), node)
             with gm.graph.inserting_before(node):
                 x = gm.graph.call_function(aten.convolution.default,
                                            (x, wnode, bias if last else None, st, pd, [1, 1], False, [0, 0], g))
         node.replace_all_uses_with(x)
         gm.graph.erase_node(node)
-        done += 1
-        actual = {"tucker": (factors[1].shape[0], factors[0].shape[0]), "cp": ranks,
+        actual = {"tucker": (factors[1].shape[0], factors[0].shape[0]), "cp": p.ranks,
                   "tt": tuple(int(f.shape[0]) for f in factors[:-1])}[method]
-        layer = LayerReport(node.name, (o, i, kh, kw), actual, (params_before, params_after), (macs_before, macs_after), error)
+        layer = LayerReport(node.name, (o, i, kh, kw), actual, p.params, p.macs, error)
         if report is not None:
             report.append(layer)
-        notes.applied(f"{node.name} {o}x{i}x{kh}x{kw} -> {method} rank {actual}: params {params_before:,} -> "
-                      f"{params_after:,}, MACs {macs_before:,} -> {macs_after:,}, error {error:.3f}", node.name)
-    if done:
+        notes.applied(f"{node.name} {o}x{i}x{kh}x{kw} -> {method} rank {actual}: params {p.params[0]:,} -> "
+                      f"{p.params[1]:,}, MACs {p.macs[0]:,} -> {p.macs[1]:,}, error {error:.3f}", node.name)
+    if planned:
         drop_unused_attrs(gm)
-    return PassResult(gm, done > 0, notes)
+    return PassResult(gm, bool(planned), notes)
 
 
 def _pair(v) -> tuple[int, int]:
