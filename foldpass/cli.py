@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_train(sub)
     _add_decompose(sub)
+    for command in sub.choices.values():  # --debug also after the command, where a user adds it on a rerun
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
 

@@ -112,7 +112,9 @@ def _load_pt2(path: str) -> ExportedProgram:
 def _load_pickle(path: str, trust_pickle: bool) -> torch.nn.Module:
     _require_file(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on the pickle protocol: the error below says what matters
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not trust_pickle:
             raise InputError(f"{path}: holds pickled objects beyond weights (a full torch.save(model)); unpickling "

@@ -40,6 +40,7 @@ def test_structure_and_neighbouring_block_ratios(two_models):
     assert res.as_dict()["environment"]["provider"] == "CPUExecutionProvider"
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available:UserWarning")
 def test_fallback_is_reported(two_models, monkeypatch):
     from foldpass import bench as bench_mod
 

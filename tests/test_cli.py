@@ -8,6 +8,7 @@ import torch
 
 import models
 from foldpass.cli import main
+from foldpass.errors import FoldpassError
 
 
 @pytest.fixture
@@ -83,6 +84,15 @@ def test_broken_files_exit_2(tmp_path, content, suffix, capsys):
     assert main(["optimize", str(src), "-o", str(tmp_path / "o.onnx"), "--input-shape", "1,1,28,28"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("foldpass: error:") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_before_or_after_the_command_shows_the_traceback(tmp_path, where):
+    src = tmp_path / "bad.pt2"
+    src.write_bytes(b"")
+    argv = ["optimize", str(src), "-o", str(tmp_path / "o.onnx")]
+    with pytest.raises(FoldpassError):
+        main(["--debug", *argv] if where == "before" else [*argv, "--debug"])
 
 
 def test_bad_usage_exit_2(tmp_path, weights, capsys):

@@ -92,6 +92,8 @@ def test_sequential_linear_convs_merge_and_a_relu_between_them_does_not(tmp_path
     assert code == 0 and onnx_op_counts(out) == {"Conv": 2, "Relu": 1}
 
 
+@pytest.mark.filterwarnings("ignore:.*legacy TorchScript-based ONNX export:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning")
 def test_models_cnn6_from_the_legacy_exporter_keeps_names_and_batch_axis(tmp_path, capsys):
     model = foldpass.randomize_batchnorm(models.CNN6(width=4, t=0.0)).eval()
     buf = io.BytesIO()
@@ -106,6 +108,8 @@ def test_models_cnn6_from_the_legacy_exporter_keeps_names_and_batch_axis(tmp_pat
     assert "written as opset 18" in capsys.readouterr().out  # opset 13 upgraded, and said so
 
 
+@pytest.mark.filterwarnings("ignore:.*legacy TorchScript-based ONNX export:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning")
 def test_torchvision_resnet18_onnx_loses_its_batch_norms(tmp_path, capsys):
     model = foldpass.randomize_batchnorm(torchvision.models.resnet18(num_classes=10)).eval()
     buf = io.BytesIO()  # the legacy exporter without constant folding keeps the BatchNormalization nodes
