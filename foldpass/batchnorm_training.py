@@ -53,7 +53,7 @@ def _as_parameter(gm: fx.GraphModule, node: fx.Node) -> nn.Parameter:
 @contextlib.contextmanager
 def trainable_batchnorm(gm: fx.GraphModule, momentum: float | None = 0.1) -> Iterator[list[_BatchNorm]]:
     """Swaps gm's inference batch norms for BatchNorm modules sharing their tensors; yields the modules."""
-    swapped = []  # (module name, call_module node, original args, getitem users' users)
+    swapped = []  # (module name, call_module node, the batch norm's original args)
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not _BN:
             continue

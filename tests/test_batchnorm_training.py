@@ -1,13 +1,14 @@
 """trainable_batchnorm / recalibrate_batchnorm: batch norm that trains again inside the IR."""
 
 import copy
+from collections import Counter
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from foldpass.batchnorm_training import recalibrate_batchnorm, trainable_batchnorm
-from foldpass.ir import attr, trace
+from foldpass.ir import attr, compute_nodes, op_name, trace
 
 BN_OP = torch.ops.aten._native_batch_norm_legit_no_training.default
 
@@ -24,14 +25,8 @@ def _net() -> nn.Module:
     return net.eval()
 
 
-def _ops(gm) -> dict:
-    counts = {}
-    for n in gm.graph.nodes:
-        if n.op in ("call_function", "call_module"):
-            key = n.target if n.op == "call_module" else getattr(n.target, "__name__", str(n.target))
-            key = "bn module" if n.op == "call_module" else key
-            counts[key] = counts.get(key, 0) + 1
-    return counts
+def _ops(gm) -> Counter:
+    return Counter(op_name(n) for n in compute_nodes(gm))  # getitem included: the swap back restores it too
 
 
 def test_swap_and_back_changes_nothing_in_eval_mode():

@@ -54,6 +54,7 @@ def cifar_resnet18() -> nn.Module:
 
 VARIANTS = {"cp": ("cp", SHARES["cp"]), "tucker": ("tucker", SHARES["tucker"]), "tt": ("tt", SHARES["tt"]),
             "tucker, rank auto": ("tucker", "auto")}  # (method, model share or "auto")
+CONTROL = "original, trained as long"
 
 
 def layer_fraction(model: nn.Module, x: torch.Tensor, method: str, share: float) -> float:
@@ -69,7 +70,6 @@ def layer_fraction(model: nn.Module, x: torch.Tensor, method: str, share: float)
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if kept(mid) <= share * total else (lo, mid)
     return lo
-CONTROL = "original, trained as long"
 
 
 def main() -> None:
@@ -131,6 +131,7 @@ def main() -> None:
     print(res.markdown())
     data_out = {"environment": environment("CPUExecutionProvider"), "epochs": args.epochs, "train_s": train_s,
                 "finetune_epochs": args.finetune_epochs, "lr": args.lr, "cp_sweeps": args.cp_sweeps,
+                "images": {"train": len(data[0]), "validation": len(data[1])},
                 "records": records, "timings": res.as_dict()["results"]}
     with open(os.path.join(DOCS, "decomposition.json"), "w") as f:
         json.dump(data_out, f, indent=1)
@@ -145,10 +146,11 @@ def write_docs(d: dict) -> None:
         times.setdefault(t["model"], {})[t["batch"]] = t
     base, base_acc = rec["original"]["params"], rec["original"]["accuracy"]
     control = rec.get(CONTROL, {}).get("accuracy")
+    n_train, n_val = d["images"]["train"], d["images"]["validation"]
     lines = ["# Low-rank decomposition: ResNet18 (CIFAR shape), measured", "",
              f"{env['cpu']}, {env['cores']} cores; onnxruntime {env['onnxruntime']}, torch {env['torch']}; {env['date']}. "
-             f"Data: sklearn digits at 3 x 32 x 32 (CIFAR-10 cannot be downloaded here; 1,442 training and 355 "
-             f"validation images); the original trained {d['epochs']} epochs (Adam 1e-3). Each method at the seed's "
+             f"Data: sklearn digits at 3 x 32 x 32 (CIFAR-10 cannot be downloaded here; {n_train:,} training and "
+             f"{n_val:,} validation images); the original trained {d['epochs']} epochs (Adam 1e-3). Each method at the seed's "
              f"share of the whole model's parameters (the per-layer fraction fitted to it: "
              + ", ".join(f"{m} {r['rank']:g}" for m, r in rec.items() if m in SHARES and "rank" in r)
              + f"), Tucker also with EVBMF ranks; then batch-norm recalibration on the training "
@@ -215,8 +217,8 @@ def write_docs(d: dict) -> None:
             f"- **Speed.** {speed} The seed reports training time only.",
             "- **Caveat.** The digits are far easier than CIFAR-10 (the original reaches "
             f"{base_acc:.0%} in {d['epochs']} epochs), so a small drop here does not promise the same on CIFAR-10; on a "
-            "machine with CIFAR-10 the same script needs only its data loader changed. With 355 validation images one "
-            "image is 0.28 points: a difference of a point between the rows is within one run's noise.", ""]
+            f"machine with CIFAR-10 the same script needs only its data loader changed. With {n_val} validation images one "
+            f"image is {100 / n_val:.2f} points: a difference of a point between the rows is within one run's noise.", ""]
     lines += ["Per layer (rank, parameters, MACs, relative reconstruction error) and every conv left alone, with its "
               "reason, are in docs/decomposition.json. At the seed's shares the 1x1 downsample convs are left alone (a "
               "1x1 conv is already a matrix) and so is the stem: its 3 input channels leave a budget for rank 1 only.", ""]

@@ -14,8 +14,9 @@ keep; "auto" is EVBMF (foldpass.vbmf) on the output- and input-mode unfoldings. 
 factorized only when its chain has fewer MACs than the conv (the same cost model as the folds);
 1x1 and grouped convs are left alone, and so is a layer whose chosen rank says there is nothing
 to factorize: a fraction that affords only rank 1 (typically the stem, which reads 3 channels), or
-EVBMF rank 0 (no component above the noise level, as in weights still close to their random init). Every layer reports rank, parameters, MACs and the
-relative reconstruction error ||W - W'|| / ||W||. The new weights are nn.Parameters, so the
+EVBMF rank 0 (no component above the noise level, as in weights still close to their random
+init). Every layer reports rank, parameters, MACs and the relative reconstruction error
+||W - W'|| / ||W||. The new weights are nn.Parameters, so the
 decomposed module can be fine-tuned.
 """
 
@@ -35,7 +36,8 @@ from .base import Notes, PassResult
 
 NAME = "low_rank_decomposition"
 aten = torch.ops.aten
-METHODS = ("tucker", "cp", "tt")
+_N_RANKS = {"tucker": 2, "cp": 1, "tt": 3}  # each method, and how many ranks its chain has
+METHODS = tuple(_N_RANKS)
 CP_SWEEPS = 25  # ALS sweeps per layer: TensorLy's ALS takes seconds per sweep on a 512 x 512 x 3 x 3 kernel
 
 
@@ -100,7 +102,7 @@ def _auto_ranks(method: str, w: np.ndarray) -> tuple[int, ...]:
     ro = evbmf_rank(w.reshape(o, -1))  # 0: nothing above the noise level; the pass then keeps the layer
     ri = evbmf_rank(np.moveaxis(w, 1, 0).reshape(i, -1))
     if min(ro, ri) == 0:
-        return (0,) * (2 if method == "tucker" else 1 if method == "cp" else 3)
+        return (0,) * _N_RANKS[method]
     if method == "tucker":
         return (ro, ri)
     if method == "cp":
@@ -125,7 +127,7 @@ def choose_rank(method: str, rank, w: np.ndarray) -> tuple[int, ...]:
     if isinstance(rank, int):
         return _ranks_for(method, rank, o, i, kh, kw)
     budget = rank * w.size  # the largest uniform rank whose chain keeps at most this many parameters
-    best = (1,) * (2 if method == "tucker" else 1 if method == "cp" else 3)
+    best = (1,) * _N_RANKS[method]
     for n in range(1, max(o, i) * max(kh, kw) + 1):
         candidate = _ranks_for(method, n, o, i, kh, kw) if method != "tucker" else \
             (max(1, round(n * o / max(o, i))), max(1, round(n * i / max(o, i))))
@@ -226,9 +228,10 @@ def plan(gm: fx.GraphModule, method: str, rank, notes: Notes | None = None) -> l
         o, i, kh, kw = weight.shape
         why = ("it is 1x1 (a matrix)" if kh * kw == 1 else "it is grouped" if groups != 1 else
                "it is transposed or dilated" if transposed or any(d != 1 for d in dil) else None)
-        w = weight.detach().to(torch.float64).numpy()
-        ranks = None if why else choose_rank(method, rank, w)
-        why = why or _rank_too_low(rank, ranks)
+        if why is None:
+            w = weight.detach().to(torch.float64).numpy()
+            ranks = choose_rank(method, rank, w)
+            why = _rank_too_low(rank, ranks)
         if why:
             notes.declined(f"{node.name} kept: {why}", node.name)
             continue
