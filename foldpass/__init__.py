@@ -19,23 +19,12 @@ from .errors import FoldpassError, InputError, PassError, VerificationError
 from .decompose import DecomposeResult, decompose
 from .homotopy import Blend, MultiBlend, blend_residuals, set_t
 from .ir import trace
-from .loading import load_source, parse_input_shape
+from .loading import Source, load_source, parse_input_shape
 from .optimize import OptimizeResult, optimize
 from .passes import PIPELINES, PassResult, run_pipeline
 from .report import Report
 from .schedules import Schedule, make_schedule
 from .training import train
-
-
-def load_npy_inputs(path: str) -> list[tuple[_torch.Tensor, ...]]:
-    """Extra verification inputs from a .npy file (one array, with the batch dimension)."""
-    try:
-        array = _np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: not a readable .npy array ({type(exc).__name__})") from exc
-    if not _np.issubdtype(array.dtype, _np.floating):
-        raise InputError(f"{path}: holds {array.dtype}; verification inputs must be floating point")
-    return [(_torch.from_numpy(_np.ascontiguousarray(array, dtype=_np.float32)),)]
 
 
 def randomize_batchnorm(model: _torch.nn.Module, seed: int = 0) -> _torch.nn.Module:
@@ -55,7 +44,7 @@ def randomize_batchnorm(model: _torch.nn.Module, seed: int = 0) -> _torch.nn.Mod
 
 __all__ = [
     "PIPELINES", "Blend", "DecomposeResult", "FoldpassError", "InputError", "MultiBlend", "OptimizeResult",
-    "PassError", "PassResult", "Report", "Schedule", "VerificationError", "__version__", "blend_residuals",
-    "decompose", "load_npy_inputs", "load_source", "make_schedule", "optimize", "parse_input_shape",
+    "PassError", "PassResult", "Report", "Schedule", "Source", "VerificationError", "__version__", "blend_residuals",
+    "decompose", "load_source", "make_schedule", "optimize", "parse_input_shape",
     "randomize_batchnorm", "run_pipeline", "set_t", "trace", "train",
 ]

@@ -76,7 +76,9 @@ class BenchResult:
                          f"{1e6 / t.median_us:,.0f} | {t.speedup:,.2f}x |")
         return "\n".join(lines)
 
-    def plot(self, path: str) -> None:
+    def plot(self, path: str, force: bool = False) -> None:
+        from .outputs import atomic_write
+
         import matplotlib
 
         matplotlib.use("Agg")
@@ -97,8 +99,10 @@ class BenchResult:
             for i, t in enumerate(rows):
                 ax.annotate(f"{t.median_us:.3g}", (i, t.median_us), ha="center", va="bottom", fontsize=7)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        try:
+            atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), force=force)
+        finally:
+            plt.close(fig)
 
 
 def environment(provider: str) -> dict:
@@ -203,12 +207,27 @@ def _calibrate(run, block_s: float, round_s: float) -> tuple[int, int]:
     return per_block, max(1, int(round_s / (per_block * once)))
 
 
-def bench(models: list[str], names: list[str] | None = None, provider: str = "auto", batches=(1, 64),
-          rounds: int = 9, round_s: float = 0.05, warmup: int = 3, threads: int = 0, progress: bool = False) -> BenchResult:
-    """Times every model at every batch size, interleaved; see the module docstring."""
+def check_bench_args(models: list[str], batches, rounds: int) -> None:
+    """Refuses, before any timing, what cannot be benchmarked (InputError names the argument)."""
+    import onnx
+
+    if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
+        raise InputError(f"batches must be positive integers; got {list(batches)}")
+    if not isinstance(rounds, int) or rounds < 1:
+        raise InputError(f"rounds must be at least 1; got {rounds}")
     for m in models:
         if not os.path.isfile(m):
             raise InputError(f"{m}: no such file")
+        try:
+            onnx.load(m, load_external_data=False)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+            raise InputError(f"{m}: not an ONNX model ({type(exc).__name__})") from None
+
+
+def bench(models: list[str], names: list[str] | None = None, provider: str = "auto", batches=(1, 64),
+          rounds: int = 9, round_s: float = 0.05, warmup: int = 3, threads: int = 0, progress: bool = False) -> BenchResult:
+    """Times every model at every batch size, interleaved; see the module docstring."""
+    check_bench_args(models, batches, rounds)
     names = names or [os.path.basename(m) for m in models]
     provider = resolve_provider(provider)
     result = BenchResult(provider, [], environment=environment(provider))

@@ -6,11 +6,18 @@ Exit codes: 0 success; 1 the verification gate failed (or an internal error); 2 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
 
 from .errors import FoldpassError, InputError, first_line
+
+
+def _add_trust(p) -> None:
+    p.add_argument("--trust", "--trust-pickle", dest="trust", action="store_true",
+                   help="the file is yours: allow unpickling a torch.save(model) file and skip the .pt2 checks "
+                        "(both can run code from the file)")
 
 
 def _add_optimize(sub) -> None:
@@ -23,7 +30,9 @@ def _add_optimize(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="the ONNX file to write")
     p.add_argument("--input-shape", help="example input shape with batch, e.g. 1,1,28,28 (required except for .pt2 / .onnx)")
     p.add_argument("--weights", help="state dict for pkg.module:build (loaded with weights_only=True)")
-    p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a full torch.save(model) file")
+    _add_trust(p)
+    p.add_argument("--max-model-bytes", type=int, default=None,
+                   help="refuse an ONNX source (with its external data) larger than this (default 32 GiB)")
     p.add_argument("--pipeline", default="default", choices=list(PIPELINES), help="which passes to run")
     p.add_argument("--set-t", type=float, metavar="VALUE", help="set every blend weight t to VALUE first")
     p.add_argument("--max-fold-bytes", type=int, default=DEFAULT_MAX_FOLD_BYTES,
@@ -49,6 +58,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--peers", action="store_true", help="also time the first model after ORT_ENABLE_ALL and onnxsim")
     p.add_argument("--json", help="write the results as JSON")
     p.add_argument("--plot", help="write a bar chart (PNG)")
+    p.add_argument("--force", action="store_true", help="overwrite existing --json / --plot files")
     p.set_defaults(func=cmd_bench)
 
 
@@ -56,6 +66,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="fold the paper's linear ResNet34 into one Gemm and time it (no files needed)")
     p.add_argument("-o", "--output", help="where to write the folded ONNX (default: a temporary directory)")
     p.add_argument("--width", type=int, default=64, help="ResNet base width (64 is the paper's)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.set_defaults(func=cmd_demo)
 
 
@@ -97,7 +108,7 @@ def _add_decompose(sub) -> None:
     p.add_argument("--rank", default="auto", help="auto (VBMF) | a parameter fraction like 0.1 | a rank like 16")
     p.add_argument("--input-shape", help="example input shape with batch (required except for .pt2 / .onnx)")
     p.add_argument("--weights", help="state dict for pkg.module:build (loaded with weights_only=True)")
-    p.add_argument("--trust-pickle", action="store_true", help="allow unpickling a full torch.save(model) file")
+    _add_trust(p)
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the decomposed model this many epochs")
     p.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
                    help="re-estimate batch-norm statistics on the data after factorizing (default: when fine-tuning)")
@@ -126,16 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _output_path(args) -> str:
-    """The absolute output path, or InputError when writing it would clobber a file or cannot work."""
-    output = os.path.abspath(args.output)
-    if os.path.exists(output) and not args.force:
-        raise InputError(f"{args.output} exists; pass --force to overwrite it")
-    if os.path.isdir(output):
-        raise InputError(f"{args.output} is a directory")
-    if not os.path.isdir(os.path.dirname(output)):
-        raise InputError(f"output directory does not exist: {os.path.dirname(output)}")
-    return output
+def _outputs(args, *flags: str, inputs=()) -> dict[str, str]:
+    """Checks every output a command will write, before any work (outputs.py's policy)."""
+    from .outputs import check_outputs
+
+    named = {flag: getattr(args, flag.lstrip("-").replace("-", "_"), None) for flag in flags}
+    return check_outputs(named, [*inputs, getattr(args, "source", None)], getattr(args, "force", False))
+
+
+def _positive(value: int | None, flag: str, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise InputError(f"{flag} must be at least {minimum}; got {value}")
 
 
 def _console():
@@ -163,28 +175,36 @@ class _Null:
 
 def cmd_optimize(args) -> int:
     import foldpass
+    from .export import check_opset
+    from .loading import DEFAULT_MAX_MODEL_BYTES, load_npy_inputs
+    from .optimize import check_options
+    from .verify import check_tolerances
 
-    output = _output_path(args)
+    paths = _outputs(args, "--output", "--report")
+    check_tolerances(args.rtol, args.atol)
+    check_options(set_t=args.set_t, max_fold_bytes=args.max_fold_bytes)
+    _positive(args.max_model_bytes, "--max-model-bytes")
+    if args.opset is not None:
+        check_opset(args.opset)
     console = _console()
     shape = foldpass.parse_input_shape(args.input_shape)
-    extra = foldpass.load_npy_inputs(args.inputs) if args.inputs else []
     with _status(console, "loading") as status:
-        model, inputs = foldpass.load_source(args.source, shape, args.weights, args.trust_pickle)
+        source = foldpass.load_source(args.source, shape, args.weights, args.trust,
+                                      args.max_model_bytes or DEFAULT_MAX_MODEL_BYTES)
+        extra = load_npy_inputs(args.inputs, source.inputs, source.static_batch) if args.inputs else []
         status.update("tracing and running passes")
-        result = foldpass.optimize(model, inputs, pipeline=args.pipeline, set_t=args.set_t,
-                                   max_fold_bytes=args.max_fold_bytes, source=args.source,
+        result = foldpass.optimize(source, pipeline=args.pipeline, set_t=args.set_t,
+                                   max_fold_bytes=args.max_fold_bytes,
                                    on_pass=lambda name: status.update(f"pass: {name}"))
         status.update("exporting ONNX and verifying under onnxruntime")
-        try:
-            result.save_onnx(output, verify_output=not args.no_verify, rtol=args.rtol, atol=args.atol,
-                             extra_inputs=extra, opset=args.opset)
-        finally:
-            if args.report:
-                result.report.to_json(args.report)
+        result.save_onnx(paths["--output"], verify_output=not args.no_verify, rtol=args.rtol, atol=args.atol,
+                         extra_inputs=extra, opset=args.opset, force=args.force)
+    if args.report:
+        result.report.to_json(paths["--report"], force=args.force)
     result.report.render(console, explain=args.explain)
     console.print(f"wrote {args.output}")
     if args.bench:
-        _bench_pair(result, output, console)
+        _bench_pair(result, paths["--output"], console)
     return 0
 
 
@@ -206,6 +226,10 @@ def cmd_bench(args) -> int:
         batches = tuple(int(b) for b in args.batch.split(","))
     except ValueError:
         raise InputError(f"--batch must be integers separated by commas; got '{args.batch}'") from None
+    if any(b < 1 for b in batches):
+        raise InputError(f"--batch sizes must be at least 1; got '{args.batch}'")
+    _positive(args.rounds, "--rounds")
+    paths = _outputs(args, "--json", "--plot", inputs=args.models)
     console = _console()
     run = bench_with_peers if args.peers else bench
     res = run(args.models, provider=args.provider, batches=batches, rounds=args.rounds, progress=console.is_terminal)
@@ -213,30 +237,29 @@ def cmd_bench(args) -> int:
     for note in res.notes:
         console.print(f"note: {note}")
     if args.json:
-        import json
+        from .outputs import write_json
 
-        with open(args.json, "w") as f:
-            json.dump(res.as_dict(), f, indent=2)
+        write_json(paths["--json"], res.as_dict(), force=args.force)
     if args.plot:
-        res.plot(args.plot)
+        res.plot(paths["--plot"], force=args.force)
     return 0
 
 
 def cmd_train(args) -> int:
-    import json
-
     import foldpass
+    from .outputs import write_json
     from .data import load_dataset
     from .homotopy import blend_residuals, get_t
     from .schedules import make_schedule
     from .training import export_pt2, init_distributed, train
 
-    output = _output_path(args)
-    if args.epochs < 1:
-        raise InputError("--epochs must be at least 1")
+    paths = _outputs(args, "--output", "--checkpoint", "--history", inputs=[args.resume, args.weights])
+    _positive(args.epochs, "--epochs")
+    _positive(args.batch_size, "--batch-size")
+    _positive(args.limit, "--limit")
     rank, device = init_distributed()
     console = _console()
-    model, _ = foldpass.load_source(args.source, (1, 1, 28, 28), args.weights)
+    model = foldpass.load_source(args.source, (1, 1, 28, 28), args.weights).model
     schedule = make_schedule(args.schedule, args.epochs, args.t0, args.per)
     train_set, val_set = load_dataset(args.data, args.data_dir, args.download, args.limit)
     if args.per == "step":
@@ -256,30 +279,29 @@ def cmd_train(args) -> int:
                           f"val loss {e.val_loss:.4f}  val acc {e.val_acc:6.2%}  ({e.seconds:.1f} s)")
 
     history = train(model, train_set, val_set, schedule, args.epochs, lr=args.lr, batch_size=args.batch_size,
-                    seed=args.seed, device=device, checkpoint=args.checkpoint, resume=args.resume,
+                    seed=args.seed, device=device, checkpoint=paths.get("--checkpoint"), resume=args.resume,
                     progress=show, log=log)
     if rank == 0:
-        export_pt2(model, output)
+        export_pt2(model, paths["--output"], force=args.force)
         if args.history:
-            with open(args.history, "w") as f:
-                json.dump([vars(h) for h in history], f, indent=2)
+            write_json(paths["--history"], [vars(h) for h in history], force=args.force)
         final = get_t(model)
         console.print(f"wrote {args.output} (t = {final:g}); next: foldpass optimize {args.output} -o model.onnx")
     return 0
 
 
 def cmd_decompose(args) -> int:
-    import json
-
     import foldpass
+    from .outputs import write_json
     from .data import load_dataset
     from .passes.low_rank_decomposition import parse_rank
 
-    output = _output_path(args)
+    paths = _outputs(args, "--output", "--report")
+    _positive(args.finetune_epochs, "--finetune-epochs", minimum=0)
     rank = parse_rank(args.rank)
     console = _console()
-    model, inputs = foldpass.load_source(args.source, foldpass.parse_input_shape(args.input_shape), args.weights,
-                                         args.trust_pickle)
+    source = foldpass.load_source(args.source, foldpass.parse_input_shape(args.input_shape), args.weights, args.trust)
+    model, inputs = source.model, source.inputs
     finetune = None
     recalibrate = bool(args.finetune_epochs) if args.recalibrate is None else args.recalibrate
     if args.finetune_epochs or recalibrate:
@@ -291,10 +313,9 @@ def cmd_decompose(args) -> int:
                                     log=lambda e: console.print(f"fine-tune epoch {e.epoch}: loss {e.train_loss:.4f}, "
                                                                 f"val acc {e.val_acc:.2%}"))
     _decompose_table(result, console)
-    result.save_pt2(output)
+    result.save_pt2(paths["--output"], force=args.force)
     if args.report:
-        with open(args.report, "w") as f:
-            json.dump(result.as_dict(), f, indent=2)
+        write_json(paths["--report"], result.as_dict(), force=args.force)
     console.print(f"wrote {args.output}; next: foldpass optimize {args.output} -o model.onnx")
     return 0
 
@@ -331,16 +352,18 @@ def cmd_demo(args) -> int:
     from .bench import bench
     from .export import save_atomic, to_onnx
 
+    paths = _outputs(args, "--output")
+    _positive(args.width, "--width")
     console = _console()
     torch.manual_seed(0)
     model = foldpass.randomize_batchnorm(linear_resnet34(width=args.width)).eval()
     x = torch.randn(2, 1, 28, 28)
     with tempfile.TemporaryDirectory() as tmp:
-        output = os.path.abspath(args.output) if args.output else os.path.join(tmp, "linear_resnet34.folded.onnx")
+        output = paths.get("--output") or os.path.join(tmp, "linear_resnet34.folded.onnx")
         with _status(console, "folding the linear ResNet34") as status:
             result = foldpass.optimize(model, x, source="models:linear_resnet34 (random weights, random BN statistics)")
             status.update("exporting and verifying")
-            result.save_onnx(output)
+            result.save_onnx(output, force=args.force)
             original = os.path.join(tmp, "original.onnx")
             save_atomic(to_onnx(model, (x,)), original)
         result.report.render(console)
@@ -351,7 +374,35 @@ def cmd_demo(args) -> int:
     return 0
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised as an exception so that every `finally` (temporary files) runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _say(text: str) -> None:
+    """One line on stderr, whatever bytes a file name in it holds."""
+    sys.stderr.buffer.write((text + "\n").encode("utf-8", "backslashreplace")) if hasattr(sys.stderr, "buffer") \
+        else print(text, file=sys.stderr)
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    interrupted = []
+    previous_int = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    in_main_thread = threading_is_main()
+    if in_main_thread:
+        previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGINT, on_sigint)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -359,17 +410,42 @@ def main(argv: list[str] | None = None) -> int:
     except FoldpassError as exc:
         if args.debug:
             raise
-        print(f"foldpass: error: {exc}", file=sys.stderr)
+        _say(f"foldpass: error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("foldpass: interrupted", file=sys.stderr)
+        _say("foldpass: interrupted")
         return 130
-    except Exception as exc:  # noqa: BLE001 - one line unless --debug
+    except _Terminated:
+        _say("foldpass: terminated")
+        return 143
+    except BrokenPipeError:  # `foldpass ... | head`: stop quietly, as the Unix tools do
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except MemoryError:
         if args.debug:
             raise
-        print(f"foldpass: internal error: {type(exc).__name__}: {first_line(exc)}"
-              " (run with --debug for the traceback)", file=sys.stderr)
+        _say("foldpass: error: out of memory: the model (or a fold) needs more memory than this machine has; "
+             "try a smaller --max-fold-bytes or batch")
+        return 2
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug
+        if interrupted:  # Ctrl-C inside an import that wrapped it into another exception
+            _say("foldpass: interrupted")
+            return 130
+        if args.debug:
+            raise
+        _say(f"foldpass: internal error: {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)")
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_term)
+            signal.signal(signal.SIGINT, previous_int)
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":  # pragma: no cover

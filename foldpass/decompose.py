@@ -39,10 +39,11 @@ class DecomposeResult:
     kept: list[str] = field(default_factory=list)  # each conv left alone, and why
     inputs: tuple[torch.Tensor, ...] = field(default=(), repr=False)
 
-    def save_pt2(self, path: str) -> None:
+    def save_pt2(self, path: str, force: bool = False) -> None:
         from .training import export_pt2
 
-        export_pt2(self.module, path, torch.cat([self.inputs[0]] * 2) if self.inputs[0].shape[0] == 1 else self.inputs[0])
+        export_pt2(self.module, path, torch.cat([self.inputs[0]] * 2) if self.inputs[0].shape[0] == 1 else self.inputs[0],
+                   force=force)
 
     def as_dict(self) -> dict:
         return {"method": self.method, "rank": self.rank, "params": list(self.params), "macs": list(self.macs),

@@ -21,9 +21,7 @@ MIN_OPSET = 18
 def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: int = DEFAULT_OPSET,
             dynamic_batch: bool = True, output_names: list[str] | None = None) -> onnx.ModelProto:
     """Exports `module` (a GraphModule or any nn.Module) to a checked, tidied ONNX model in memory."""
-    if opset < MIN_OPSET:
-        raise InputError(f"opset {opset} is too old: foldpass exports opset {MIN_OPSET} or newer (torch.onnx's "
-                         "exporter writes 18, and onnx's version converter cannot take ReduceMean below it)")
+    check_opset(opset)
     dynamic = tuple({0: Dim("batch")} for _ in inputs) if dynamic_batch else None
     if isinstance(module, fx.GraphModule):
         for m in module.modules():
@@ -38,6 +36,9 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
             return to_onnx(module, inputs, opset, dynamic_batch=False, output_names=output_names)
     with quiet():
         model = tidy(program.model_proto)
+    if _written_opset(model) != opset:
+        raise InputError(f"opset {opset}: torch.onnx wrote opset {_written_opset(model)} instead; "
+                         f"choose {DEFAULT_OPSET}")
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # noqa: BLE001 - e.g. an op without a kernel for this dtype in this opset
@@ -46,6 +47,20 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
             hint = " (bfloat16: most ONNX ops take it only from opset 22; cast the model to float32 or float16)"
         raise FoldpassError(f"the exported ONNX does not pass onnx.checker: {first_line(exc)}{hint}") from exc
     return model
+
+
+def check_opset(opset: int) -> None:
+    """Refuses an opset foldpass cannot write (InputError names it and the range)."""
+    if opset < MIN_OPSET:
+        raise InputError(f"opset {opset} is too old: foldpass exports opset {MIN_OPSET} or newer (torch.onnx's "
+                         "exporter writes 18, and onnx's version converter cannot take ReduceMean below it)")
+    if opset > onnx.defs.onnx_opset_version():
+        raise InputError(f"opset {opset} is newer than this onnx knows ({onnx.defs.onnx_opset_version()}); "
+                         f"choose {MIN_OPSET} to {onnx.defs.onnx_opset_version()}")
+
+
+def _written_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -75,34 +90,30 @@ def _weight_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) or 4 * len(t.float_data) for t in model.graph.initializer)
 
 
-def save_atomic(model: onnx.ModelProto, path: str | os.PathLike, check=None) -> None:
-    """Writes `model` to `path` via a temporary file in the same directory and a rename.
+def save_atomic(model: onnx.ModelProto, path: str | os.PathLike, check=None, force: bool = True) -> None:
+    """Writes `model` to `path` through outputs.atomic_write (temporary file beside it, then a move).
 
     `check(tmp_path)`, if given, runs on the written temporary file first (the verification gate);
-    if it raises, nothing is renamed and the temporary file is removed. Weights over
-    EXTERNAL_DATA_BYTES go to an external data file `<name>.data` next to it.
+    if it raises, nothing is moved and the temporary file is removed. Weights over
+    EXTERNAL_DATA_BYTES go to an external data file `<name>.data` next to it, which follows the same
+    policy (never over an existing file without force) and is removed if the model is not written.
     """
-    path = os.fspath(path)
-    tmp = f"{path}.foldpass-tmp-{os.getpid()}"
-    external = _weight_bytes(model) > EXTERNAL_DATA_BYTES
+    from .outputs import atomic_write, check_output
+
+    path = os.path.abspath(os.fspath(path))
+    if _weight_bytes(model) <= EXTERNAL_DATA_BYTES:
+        atomic_write(path, lambda tmp: onnx.save(model, tmp), check, force)
+        return
     data = os.path.basename(path) + ".data"
+    data_path = check_output(os.path.join(os.path.dirname(path), data), "external data file", force)
     done = False
     try:
-        if external:
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=data)
-        else:
-            onnx.save(model, tmp)
-        if check is not None:
-            check(tmp)
-        os.replace(tmp, path)
+        # the model names its data file by the final name; the tmp model sits beside it until the move
+        atomic_write(path, lambda tmp: onnx.save_model(model, tmp, save_as_external_data=True,
+                                                      all_tensors_to_one_file=True, location=data), check, force)
         done = True
-    except OSError as exc:  # disk full, permissions: the old file (if any) stays as it was
-        raise FoldpassError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        data_path = os.path.join(os.path.dirname(os.path.abspath(path)), data)
-        if external and not done and os.path.exists(data_path):
+        if not done and os.path.exists(data_path):
             os.remove(data_path)
 
 

@@ -13,7 +13,9 @@ unsupported op is named in one error before any work.
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
 
 import numpy as np
 import onnx
@@ -93,7 +95,10 @@ def _flatten(x, axis=1):
     return x.reshape(math.prod(x.shape[:axis]) if axis else 1, -1)
 
 
-def _batchnorm(x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, training_mode=0):
+def _batchnorm(x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, training_mode=0, spatial=1, is_test=1):
+    """Also opset 6-7's form: `spatial` (1, the only mode opset 9 kept) and `is_test`."""
+    if spatial != 1 or training_mode:
+        raise InputError("BatchNormalization with spatial=0 or training_mode=1 is not supported")
     return F.batch_norm(x, mean, var, scale, bias, False, 0.0, epsilon)
 
 
@@ -141,8 +146,8 @@ def _scalar(v) -> float | None:
     return None if v is None else float(v.item() if isinstance(v, torch.Tensor) else v)
 
 
-def _clip(x, lo=None, hi=None):
-    lo, hi = _scalar(lo), _scalar(hi)
+def _clip(x, lo=None, hi=None, min=None, max=None):  # noqa: A002 - opset 6 names its attributes min / max
+    lo, hi = _scalar(lo if lo is not None else min), _scalar(hi if hi is not None else max)
     if lo == 0.0 and hi is None:
         return torch.relu(x)
     return torch.clamp(x, lo, hi)
@@ -242,6 +247,27 @@ def _unsqueeze(x, axes):
     return x
 
 
+_SHAPE_INPUTS = {"Resize": (1, 2, 3), "Upsample": (1,)}
+
+
+def _check_attributes(op: str, attrs: dict, opset: int) -> None:
+    """Refuses, before any work, an op whose attributes its torch function does not take (old opsets)."""
+    try:
+        signature = inspect.signature(ONNX_OPS[op])
+    except (TypeError, ValueError):  # a builtin without a signature: takes no attributes
+        signature = None
+    try:
+        if signature is not None:
+            signature.bind_partial(**attrs)
+        elif attrs:
+            raise TypeError
+    except TypeError:
+        raise InputError(
+            f"ONNX {op} with attributes {sorted(attrs)} (opset {opset}) is not supported; upgrade the file to "
+            "opset 18: python -c \"import onnx, onnx.version_converter as v; "
+            "onnx.save(v.convert_version(onnx.load('in.onnx'), 18), 'out.onnx')\"") from None
+
+
 def _attr(a: onnx.AttributeProto):
     value = onnx.helper.get_attribute_value(a)
     if isinstance(value, bytes):
@@ -264,6 +290,9 @@ class OnnxModule(nn.Module):
             raise InputError(f"the ONNX graph uses ops foldpass cannot import: {', '.join(unsupported)}")
         self.static: dict[str, object] = {}
         self._buffers_by_name: dict[str, str] = {}
+        # float constants that are shape arguments (Resize's roi / scales / sizes) stay Python values
+        self._shape_args = {n.input[i] for n in graph.node for i in _SHAPE_INPUTS.get(n.op_type, ())
+                            if i < len(n.input) and n.input[i]}
         for init in graph.initializer:
             self._add_constant(init.name, numpy_helper.to_array(init))
         self.steps = []
@@ -273,13 +302,14 @@ class OnnxModule(nn.Module):
                 value = next(iter(attrs.values()))
                 self._add_constant(node.output[0], value.numpy() if isinstance(value, torch.Tensor) else np.array(value))
                 continue
+            _check_attributes(node.op_type, attrs, self.opset)
             self.steps.append((node.op_type, list(node.input), list(node.output), attrs))
         init_names = {i.name for i in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in init_names]
         self.output_names = [o.name for o in graph.output]
 
     def _add_constant(self, name: str, array: np.ndarray) -> None:
-        if np.issubdtype(array.dtype, np.floating):
+        if np.issubdtype(array.dtype, np.floating) and name not in self._shape_args:
             attr = f"c{len(self._buffers_by_name)}"
             self.register_buffer(attr, torch.from_numpy(np.array(array, copy=True)))
             self._buffers_by_name[name] = attr
@@ -303,18 +333,45 @@ class OnnxModule(nn.Module):
         return outputs[0] if len(outputs) == 1 else outputs
 
 
-def load_onnx(path: str) -> onnx.ModelProto:
-    """Loads an .onnx file (external data included) and checks it, or raises InputError."""
+def load_onnx(path: str, max_bytes: int | None = None) -> onnx.ModelProto:
+    """Loads an .onnx file (external data included) and checks it, or raises InputError.
+
+    The graph is read first without its external data; each external file must lie inside the
+    model's directory, and the total is checked against `max_bytes` before any weight is read.
+    """
     try:
-        model = onnx.load(path)
+        model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
+    base = os.path.dirname(os.path.abspath(path))
+    total = os.path.getsize(path)
+    for location in sorted(_external_locations(model)):
+        full = os.path.realpath(os.path.join(base, location))
+        if os.path.isabs(location) or not full.startswith(os.path.realpath(base) + os.sep):
+            raise InputError(f"{path}: external data '{location}' lies outside the model's directory")
+        if not os.path.isfile(full):
+            raise InputError(f"{path}: external data file '{location}' is missing")
+        total += os.path.getsize(full)
+    if max_bytes is not None and total > max_bytes:
+        raise InputError(f"{path}: the model and its external data are {total / 2**30:.1f} GiB, over "
+                         f"max_model_bytes ({max_bytes / 2**30:.1f} GiB); raise it to load this model")
+    try:
+        onnx.load_external_data_for_model(model, base)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{path}: cannot read its external data ({type(exc).__name__}: {first_line(exc)})") from exc
     try:
         onnx.checker.check_model(path if model.ByteSize() > 2**31 - 1 else model)
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: the ONNX model does not pass onnx.checker: "
                          f"{first_line(exc)}") from exc
     return model
+
+
+def _external_locations(model: onnx.ModelProto) -> set[str]:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return {entry.value for t in _get_all_tensors(model) if uses_external_data(t)
+            for entry in t.external_data if entry.key == "location"}
 
 
 def input_specs(model: onnx.ModelProto) -> list[tuple[str, list, torch.dtype]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 import warnings
@@ -14,13 +15,16 @@ import torch.fx as fx
 from torch.export import ExportedProgram
 
 from .errors import InputError
+from .loading import Source
+from .outputs import check_outputs
 from .export import DEFAULT_OPSET, MIN_OPSET, onnx_op_counts, rename_io, save_atomic, to_onnx
 from .homotopy import set_t as _set_t
 from .ir import STATIC_KEY, trace
 from .passes import run_pipeline
 from .passes.affine_folding import DEFAULT_MAX_FOLD_BYTES
 from .report import GraphStats, Report
-from .verify import DEFAULT_ATOL, DEFAULT_RTOL, Verification, output_tensors, verification_inputs, verify
+from .verify import (DEFAULT_ATOL, DEFAULT_RTOL, Verification, check_tolerances, compare, output_tensors,
+                     verification_inputs, verify)
 
 
 @dataclass
@@ -34,6 +38,7 @@ class OptimizeResult:
     reference: Callable | None = field(default=None, repr=False)  # what the gate compares with (default: original)
     opset: int = DEFAULT_OPSET
     io_names: tuple[list[str] | None, list[str] | None] = (None, None)
+    source_path: str | None = None  # the file the model was read from: never written over
 
     def to_onnx(self, opset: int | None = None):
         model = to_onnx(self.module, self.inputs, opset=opset or self.opset,
@@ -42,16 +47,13 @@ class OptimizeResult:
 
     def save_onnx(self, path: str | os.PathLike, verify_output: bool = True, rtol: float = DEFAULT_RTOL,
                   atol: float = DEFAULT_ATOL, extra_inputs: list[tuple[torch.Tensor, ...]] = (),
-                  opset: int | None = None) -> Verification | None:
+                  opset: int | None = None, force: bool = False) -> Verification | None:
         """Exports to ONNX, checks the written file against the original under onnxruntime, then
-        renames it into `path`. On a failed check VerificationError is raised and `path` is left untouched.
+        moves it into `path` (outputs.py's policy: never over the input, nor over an existing file
+        unless force). On a failed check VerificationError is raised and `path` is left untouched.
         """
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise InputError(f"output directory does not exist: {directory}")
-        if not os.access(directory, os.W_OK):
-            raise InputError(f"output directory is not writable: {directory}")
+        path = check_outputs({"output": os.fspath(path)}, [self.source_path], force)["output"]
+        check_tolerances(rtol, atol)
         t0 = time.perf_counter()
         model = self.to_onnx(opset)
         self.report.timings["export"] = time.perf_counter() - t0
@@ -65,7 +67,7 @@ class OptimizeResult:
             self.report.verification = checked[0].as_dict()
             self.report.timings["verify"] = time.perf_counter() - t0
 
-        save_atomic(model, path, check=gate if verify_output else None)
+        save_atomic(model, path, check=gate if verify_output else None, force=force)
         return checked[0] if checked else None
 
 
@@ -95,36 +97,42 @@ def _prepare(model: torch.nn.Module, t: float | None, report_warnings: list[str]
     return model
 
 
-def optimize(model: torch.nn.Module | ExportedProgram, example_input, *, pipeline: str = "default",
+def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=None, *, pipeline: str = "default",
              set_t: float | None = None, max_fold_bytes: int = DEFAULT_MAX_FOLD_BYTES,
              source: str | None = None, on_pass: Callable[[str], None] | None = None) -> OptimizeResult:
     """Traces `model`, runs the named pipeline to a fixed point, and reports what changed.
 
-    `example_input`: a tensor (or tuple of tensors) with a batch dimension; its values do not matter.
+    `model`: an nn.Module, an ExportedProgram, or the `Source` that `load_source` returns (then
+    `example_input` comes from it). `example_input`: a tensor (or tuple of tensors) with a batch
+    dimension; its values do not matter.
     """
     from .passes import get_pipeline
 
     get_pipeline(pipeline)  # a bad name fails before any work
-    inputs = _as_inputs(example_input)
-    report_warnings: list[str] = []
+    check_options(set_t=set_t, max_fold_bytes=max_fold_bytes)
+    if not isinstance(model, Source):
+        if example_input is None:
+            raise InputError("example_input is required unless model is a Source from load_source")
+        model = Source(model, _as_inputs(example_input), source or type(model).__name__)
+    src = model
+    inputs = _as_inputs(src.inputs if example_input is None else example_input)
+    report_warnings: list[str] = list(src.warnings)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    extras: dict = {}
-    if isinstance(model, ExportedProgram):
+    if isinstance(src.model, ExportedProgram):
         if set_t is not None:
-            raise InputError("--set-t needs the module: an exported program's weights are fixed")
-        original = model.module()
-        gm = trace(model, inputs)
-    elif isinstance(model, torch.nn.Module):
-        original = _prepare(model, set_t, report_warnings)
-        extras = _onnx_source(original, report_warnings)
+            raise InputError("set_t needs the module: an exported program's weights are fixed")
+        original = src.model.module()
+        gm = trace(src.model, inputs)
+    elif isinstance(src.model, torch.nn.Module):
+        original = _prepare(src.model, set_t, report_warnings)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gm = trace(original, inputs)
     else:
-        raise InputError(f"cannot optimize a {type(model).__name__}: expected an nn.Module or an ExportedProgram")
-    if getattr(original, "static_batch", None):  # an ONNX input with a fixed batch keeps it
-        gm.meta[STATIC_KEY] = original.static_batch
+        raise InputError(f"cannot optimize a {type(src.model).__name__}: expected an nn.Module or an ExportedProgram")
+    if src.static_batch:  # an ONNX input with a fixed batch keeps it
+        gm.meta[STATIC_KEY] = src.static_batch
     timings["trace"] = time.perf_counter() - t0
     before = GraphStats.of(gm)
     t0 = time.perf_counter()
@@ -135,39 +143,38 @@ def optimize(model: torch.nn.Module | ExportedProgram, example_input, *, pipelin
     if static:
         report_warnings.append(f"the model fixes its batch size: optimized and exported with batch {static}")
     report = Report(
-        source=source or type(model).__name__, pipeline=pipeline, input_shapes=[list(x.shape) for x in inputs],
-        before=before, after=GraphStats.of(optimized), notes=result.notes, rounds=result.rounds,
-        static_batch=static, timings=timings, warnings=report_warnings,
+        source=source or src.name or type(src.model).__name__, pipeline=pipeline,
+        input_shapes=[list(x.shape) for x in inputs], before=before, after=GraphStats.of(optimized),
+        notes=result.notes, rounds=result.rounds, static_batch=static, timings=timings, warnings=report_warnings,
     )
     report.max_error = _max_error(optimized, original, inputs, static)
-    return OptimizeResult(optimized, report, original, inputs, **extras)
-
-
-def _onnx_source(model: torch.nn.Module, report_warnings: list[str]) -> dict:
-    """For a model imported from ONNX: its ONNX file is the gate's reference, its names and opset are kept."""
-    from .onnx_import import OnnxModule, OrtReference
-
-    if not isinstance(model, OnnxModule):
-        return {}
-    extras = {"io_names": (model.input_names, model.output_names)}
-    if model.path:
-        extras["reference"] = OrtReference(model.path)
-    if model.opset >= MIN_OPSET:
-        extras["opset"] = model.opset
-    else:
-        report_warnings.append(f"the input is opset {model.opset}: written as opset {DEFAULT_OPSET} "
+    opset = DEFAULT_OPSET
+    if src.opset is not None and src.opset >= MIN_OPSET:
+        opset = src.opset
+    elif src.opset is not None:
+        report_warnings.append(f"the input is opset {src.opset}: written as opset {DEFAULT_OPSET} "
                                f"(foldpass exports opset {MIN_OPSET} or newer)")
-    for name, dims in getattr(model, "dynamic_dims", {}).items():
-        if dims:
-            report_warnings.append(f"input '{name}': dynamic dims {dims} are fixed to the example's sizes; "
-                                   "only the batch stays dynamic")
-    return extras
+    return OptimizeResult(optimized, report, original, inputs, reference=src.reference, opset=opset,
+                          io_names=(src.input_names, src.output_names), source_path=src.path)
+
+
+def check_options(set_t: float | None = None, max_fold_bytes: int | None = None) -> None:
+    """Refuses option values that cannot mean anything (InputError names the parameter)."""
+    if set_t is not None and not (math.isfinite(set_t) and 0.0 <= set_t <= 1.0):
+        raise InputError(f"set_t must lie in [0, 1] (the blend weight t); got {set_t}")
+    if max_fold_bytes is not None and max_fold_bytes < 0:
+        raise InputError(f"max_fold_bytes must be 0 or more; got {max_fold_bytes}")
 
 
 def _max_error(optimized: fx.GraphModule, original: torch.nn.Module, inputs, static) -> float:
+    """The largest difference between the optimized module and the original in PyTorch (inf where
+    their non-finite entries disagree)."""
     worst = 0.0
     with torch.no_grad():
-        for case in verification_inputs(inputs, static):
-            for x, y in zip(output_tensors(optimized(*case)), output_tensors(original(*case))):
-                worst = max(worst, (x.float() - y.float()).abs().max().item())
+        for case in verification_inputs(inputs, static, structured=False):
+            got = output_tensors(optimized(*(x.clone() for x in case)))
+            want = output_tensors(original(*(x.clone() for x in case)))
+            for x, y in zip(got, want):
+                err, _, mismatch = compare(y.detach().float().numpy(), x.detach().float().numpy())
+                worst = max(worst, float("inf") if mismatch else err)
     return worst

@@ -3,7 +3,6 @@ every candidate it declined and why, and the verification result. As a table, or
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import torch.fx as fx
@@ -65,10 +64,10 @@ class Report:
             "timings_s": self.timings, "warnings": self.warnings,
         }
 
-    def to_json(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.as_dict(), f, indent=2)
-            f.write("\n")
+    def to_json(self, path: str, force: bool = False) -> None:
+        from .outputs import write_json
+
+        write_json(path, self.as_dict(), force=force)
 
     def render(self, console=None, explain: bool = False) -> None:
         """Prints the before/after table and the passes' notes with rich."""

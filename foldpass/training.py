@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import InputError, first_line
 from .homotopy import set_t
+from .outputs import atomic_write
 from .schedules import Schedule
 
 
@@ -170,9 +171,7 @@ def _save_checkpoint(path: str, model, optimizer, schedule: Schedule, epoch: int
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "schedule": schedule.state_dict() if schedule else None,
              "epoch": epoch, "history": [asdict(h) for h in history]}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp), force=True)  # the same run's file, epoch after epoch
 
 
 def _load_checkpoint(path: str, model, optimizer, schedule: Schedule) -> tuple[int, list[EpochLog]]:
@@ -188,17 +187,11 @@ def _load_checkpoint(path: str, model, optimizer, schedule: Schedule) -> tuple[i
     return int(state["epoch"]), [EpochLog(**h) for h in state["history"]]
 
 
-def export_pt2(model: nn.Module, path: str, example: torch.Tensor | None = None) -> None:
-    """Saves the eval-mode model as a torch.export program with a dynamic batch (written atomically)."""
+def export_pt2(model: nn.Module, path: str, example: torch.Tensor | None = None, force: bool = False) -> None:
+    """Saves the eval-mode model as a torch.export program with a dynamic batch (outputs.atomic_write)."""
     from torch.export import Dim
 
     model = model.eval().cpu()
     example = torch.zeros(2, 1, 28, 28) if example is None else example
     program = torch.export.export(model, (example,), dynamic_shapes=({0: Dim("batch")},), strict=False)
-    tmp = f"{path}.tmp-{os.getpid()}.pt2"
-    try:
-        torch.export.save(program, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: torch.export.save(program, tmp), force=force)

@@ -1,26 +1,45 @@
 """The verification gate: the written ONNX, run by onnxruntime, against the original module.
 
-Passes when   max |onnx(x) - original(x)|  <=  atol + rtol * max |original(x)|   for every input:
-random normal inputs at several batch sizes (and the user's own, if given). The tolerance is
-relative to the output's scale, because folding reassociates float32 sums. For a float16 or
-bfloat16 model, rtol is at least 8 machine epsilons of that type (7.8e-3 for float16): the
-original computes with no more precision than that.
+For every input and every output k:
+
+    max |onnx(x)_k - original(x)_k|  <=  atol + rtol * max |original(x)_k|      (finite entries)
+
+and the non-finite entries must agree exactly: a NaN where the original has a NaN, +inf where it
+has +inf, -inf where -inf. The scale is each output's own (a large first output cannot hide an
+error in a small second one) and comes from the finite values only (an inf in the original must
+not make the tolerance infinite). The tolerance is relative to the scale because folding
+reassociates float32 sums. For a float16 or bfloat16 model, rtol is at least 8 machine epsilons of
+that type (7.8e-3 for float16): the original computes with no more precision than that.
+
+The inputs: random normal ones at batch 1 and 3, then structured ones at batch 2 -- all zeros, all
+ones, and random normal times 100 (large magnitude) -- and the user's own, if given. Each side gets
+its own copy of every input, so a model that changes its input in place cannot skew the check.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import torch
 
-from .errors import VerificationError, first_line
+from .errors import InputError, VerificationError, first_line
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
 VERIFY_BATCHES = (1, 3)
+STRUCTURED_BATCH = 2
+LARGE_MAGNITUDE = 100.0
 LOW_PRECISION_EPS = 8
+
+
+def check_tolerances(rtol: float, atol: float) -> None:
+    """Refuses a negative or non-finite tolerance (InputError names it)."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not (math.isfinite(value) and value >= 0):
+            raise InputError(f"{name} must be a finite number >= 0; got {value}")
 
 
 def effective_rtol(rtol: float, dtype: torch.dtype) -> float:
@@ -66,11 +85,37 @@ def output_tensors(out):
 
 
 def verification_inputs(example: tuple[torch.Tensor, ...], static_batch: int | None,
-                        extra: list[tuple[torch.Tensor, ...]] = (), seed: int = 1234) -> list[tuple[torch.Tensor, ...]]:
+                        extra: list[tuple[torch.Tensor, ...]] = (), seed: int = 1234,
+                        structured: bool = True) -> list[tuple[torch.Tensor, ...]]:
+    """Random normal inputs at each batch size, then zeros, ones and large ones (see the docstring)."""
     gen = torch.Generator().manual_seed(seed)
     batches = (static_batch,) if static_batch else VERIFY_BATCHES
     cases = [tuple(torch.randn(b, *x.shape[1:], generator=gen).to(x.dtype) for x in example) for b in batches]
+    if structured:
+        b = static_batch or STRUCTURED_BATCH
+        cases.append(tuple(torch.zeros(b, *x.shape[1:], dtype=x.dtype) for x in example))
+        cases.append(tuple(torch.ones(b, *x.shape[1:], dtype=x.dtype) for x in example))
+        cases.append(tuple((LARGE_MAGNITUDE * torch.randn(b, *x.shape[1:], generator=gen)).to(x.dtype)
+                           for x in example))
     return cases + list(extra)
+
+
+def compare(want: np.ndarray, got: np.ndarray) -> tuple[float, float, str | None]:
+    """(max abs error over the finite entries, max |want| over them, a mismatch of non-finite entries or None)."""
+    if want.shape != got.shape:
+        return float("inf"), 0.0, f"output shape {got.shape} differs from the original's {want.shape}"
+    if not want.size:
+        return 0.0, 0.0, None
+    want, got = want.astype(np.float64), got.astype(np.float64)
+    finite = np.isfinite(want)
+    for name, test in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
+        if not np.array_equal(test(want), test(got)):
+            where = np.argwhere(test(want) != test(got))[0].tolist()
+            return float("inf"), 0.0, f"the original and the optimized model disagree on {name} at index {where}"
+    if not finite.any():
+        return 0.0, 0.0, None
+    error = float(np.max(np.abs(want[finite] - got[finite])))
+    return error, float(np.max(np.abs(want[finite]))), None
 
 
 def verify(onnx_model: onnx.ModelProto | str, reference: torch.nn.Module, cases: list[tuple[torch.Tensor, ...]],
@@ -89,34 +134,38 @@ def verify(onnx_model: onnx.ModelProto | str, reference: torch.nn.Module, cases:
         raise VerificationError(f"cannot verify: onnxruntime (CPU) cannot load the optimized model: "
                                 f"{first_line(exc)}") from exc
     names = [i.name for i in session.get_inputs()]
-    worst, scale, details, dtype = 0.0, 0.0, [], torch.float32
+    worst_ratio, worst, details, dtype = -1.0, None, [], torch.float32
     for case in cases:
         with torch.no_grad():
-            out = reference(*case)
+            out = reference(*(x.clone() for x in case))
         want = _flatten(out)
         dtype = next((o.dtype for o in output_tensors(out)), dtype)
+        tol_rtol = effective_rtol(rtol, dtype)
         try:
-            got = session.run(None, {n: x.numpy() for n, x in zip(names, case)})
+            got = session.run(None, {n: x.numpy().copy() for n, x in zip(names, case)})
         except Exception as exc:  # noqa: BLE001
             raise VerificationError(f"cannot verify: onnxruntime (CPU) failed to run the optimized model: "
                                     f"{first_line(exc)}") from exc
         if len(got) != len(want):
             raise VerificationError(f"the ONNX model has {len(got)} outputs, the original {len(want)}")
-        for w, g in zip(want, got):
-            if w.shape != g.shape:
-                raise VerificationError(f"output shape {g.shape} differs from the original's {w.shape}")
-            err = float(np.max(np.abs(w - g))) if w.size else 0.0
-            s = float(np.max(np.abs(w))) if w.size else 0.0
-            if not np.isfinite(err):
-                err = float("inf")
-            details.append({"batch": int(case[0].shape[0]), "max_abs_error": err, "output_scale": s})
-            worst, scale = max(worst, err), max(scale, s)
-    rtol = effective_rtol(rtol, dtype)
-    tolerance = atol + rtol * scale
-    result = Verification(worst, scale, tolerance, len(cases), details)
-    if not worst <= tolerance:
+        for k, (w, g) in enumerate(zip(want, got)):
+            err, scale, mismatch = compare(w, g)
+            batch = int(case[0].shape[0]) if case and case[0].dim() else 0
+            if mismatch:
+                raise VerificationError(f"verification failed: output {k} (batch {batch}): {mismatch}",
+                                        max_abs_error=float("inf"), tolerance=0.0)
+            tolerance = atol + tol_rtol * scale
+            details.append({"batch": batch, "output": k, "max_abs_error": err, "output_scale": scale,
+                            "tolerance": tolerance})
+            ratio = err / tolerance if tolerance else (0.0 if err == 0 else float("inf"))
+            if ratio > worst_ratio:
+                worst_ratio, worst = ratio, details[-1]
+    worst = worst or {"max_abs_error": 0.0, "output_scale": 0.0, "tolerance": atol, "output": 0, "batch": 0}
+    result = Verification(worst["max_abs_error"], worst["output_scale"], worst["tolerance"], len(cases), details)
+    if not worst["max_abs_error"] <= worst["tolerance"]:
         raise VerificationError(
-            f"verification failed: the optimized model differs from the original by {worst:.3g} "
-            f"(output scale {scale:.3g}, tolerance {tolerance:.3g} = atol {atol:g} + rtol {rtol:g} * scale)",
-            max_abs_error=worst, tolerance=tolerance)
+            f"verification failed: output {worst['output']} of the optimized model differs from the original by "
+            f"{worst['max_abs_error']:.3g} (output scale {worst['output_scale']:.3g}, tolerance "
+            f"{worst['tolerance']:.3g} = atol {atol:g} + rtol {effective_rtol(rtol, dtype):g} * scale)",
+            max_abs_error=worst["max_abs_error"], tolerance=worst["tolerance"])
     return result

@@ -54,7 +54,7 @@ def test_full_pickle_needs_trust(tmp_path, capsys):
     src, out = tmp_path / "m.pt", tmp_path / "m.onnx"
     torch.save(models.CNN3(width=4), src)
     assert main(["optimize", str(src), "-o", str(out), "--input-shape", "1,1,28,28"]) == 2
-    assert "--trust-pickle" in capsys.readouterr().err and not out.exists()
+    assert "--trust" in capsys.readouterr().err and not out.exists()
     assert main(["optimize", str(src), "-o", str(out), "--input-shape", "1,1,28,28", "--trust-pickle"]) == 0
     assert out.exists()
 

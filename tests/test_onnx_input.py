@@ -125,8 +125,7 @@ def test_foldpass_output_passes_through_unchanged(tmp_path):
     model = foldpass.randomize_batchnorm(models.resnet18(width=4, t=0.0)).eval()
     first = tmp_path / "first.onnx"
     foldpass.optimize(model, torch.randn(1, 1, 28, 28)).save_onnx(first)
-    source, inputs = foldpass.load_source(str(first))
-    again = foldpass.optimize(source, inputs)
+    again = foldpass.optimize(foldpass.load_source(str(first)))
     assert not [n for n in again.report.notes if n.action == "applied"]
     assert again.report.before.ops == again.report.after.ops
     again.save_onnx(tmp_path / "second.onnx")

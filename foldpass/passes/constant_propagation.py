@@ -48,16 +48,25 @@ def constant_nodes(gm: fx.GraphModule) -> set[fx.Node]:
 
 
 def _materialize(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, object]) -> object:
-    if node in env:
-        return env[node]
-    if node.op == "get_attr":
-        value = attr(gm, node.target)
-    else:
-        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: _materialize(gm, n, env))
-        with torch.no_grad():
-            value = node.target(*args, **kwargs)
-    env[node] = value
-    return value
+    """The value of a constant node, its inputs evaluated first (an explicit stack: chains of any length)."""
+    stack = [node]
+    while stack:
+        current = stack[-1]
+        if current in env:
+            stack.pop()
+            continue
+        missing = [n for n in current.all_input_nodes if n not in env]
+        if missing:
+            stack.extend(missing)
+            continue
+        stack.pop()
+        if current.op == "get_attr":
+            env[current] = attr(gm, current.target)
+        else:
+            args, kwargs = fx.node.map_arg((current.args, current.kwargs), env.__getitem__)
+            with torch.no_grad():
+                env[current] = current.target(*args, **kwargs)
+    return env[node]
 
 
 def constant_propagation(gm: fx.GraphModule) -> PassResult:
