@@ -1,50 +1,57 @@
 """foldpass: a graph-rewriting compiler pass for CNNs (Joyce & Verschelde, Theorem 3.1 and the
-skip-connection homotopy). Trace -> remove t = 0 skips -> fold linear regions into one Gemm ->
-verified ONNX.
+skip-connection homotopy). Load -> trace -> passes -> export -> verify -> write.
 
-    result = foldpass.optimize(model, example_input)
+    source = foldpass.load_source("model.pt2")      # or any nn.Module / ExportedProgram
+    result = foldpass.optimize(source)
     result.module            # optimized torch.fx.GraphModule
-    result.report            # what was done
+    result.report            # what was done (result.report.render() prints the table)
     result.save_onnx("model.onnx")   # exported, verified under onnxruntime, then written
 
-Also: homotopy training (blend_residuals, make_schedule, train) and low-rank decomposition (decompose).
+Side products, each its own package built on the core: foldpass.homotopy (blended skips, schedules,
+training) and foldpass.decomposition (CP / Tucker-2 / TT). Names are imported on first use, so
+`import foldpass` (and `foldpass --help`) does not import torch.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-import numpy as _np
-import torch as _torch
+import importlib
 
+from . import defaults
+from ._version import __version__
 from .errors import FoldpassError, InputError, PassError, VerificationError
-from .decompose import DecomposeResult, decompose
-from .homotopy import Blend, MultiBlend, blend_residuals, set_t
-from .ir import trace
-from .loading import Source, load_source, parse_input_shape
-from .optimize import OptimizeResult, optimize
-from .passes import PIPELINES, PassResult, run_pipeline
-from .report import Report
-from .schedules import Schedule, make_schedule
-from .training import train
+
+# public name -> the module that defines it
+# (no module is named like a public function: importing it would replace the function on the package)
+_API = {
+    "Source": "loading", "load_source": "loading", "parse_input_shape": "loading", "load_npy_inputs": "loading",
+    "optimize": "optimizer", "OptimizeResult": "optimizer", "check_options": "optimizer",
+    "Report": "report", "trace": "tracing", "set_t": "blend_weight", "get_t": "blend_weight",
+    "PIPELINES": "passes", "PassResult": "passes", "run_pipeline": "passes",
+    "check_outputs": "outputs", "write_json": "outputs", "verify": "verification", "Verification": "verification",
+    "bench": "benchmark", "BenchResult": "benchmark", "demo": "quickstart", "DemoResult": "quickstart",
+    "versions": "about",
+    # the side products
+    "Blend": "homotopy", "MultiBlend": "homotopy", "blend_residuals": "homotopy", "make_schedule": "homotopy",
+    "Schedule": "homotopy", "train": "homotopy",
+    "decompose": "decomposition", "DecomposeResult": "decomposition",
+}
 
 
-def randomize_batchnorm(model: _torch.nn.Module, seed: int = 0) -> _torch.nn.Module:
-    """Gives every batch norm non-trivial statistics and affine parameters (for examples and tests)."""
-    gen = _torch.Generator().manual_seed(seed)
-    with _torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, _torch.nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(_torch.randn(n, generator=gen) * 0.5)
-                m.running_var.copy_(_torch.rand(n, generator=gen) + 0.5)
-                if m.affine:
-                    m.weight.copy_(_torch.rand(n, generator=gen) + 0.5)
-                    m.bias.copy_(_torch.randn(n, generator=gen) * 0.2)
-    return model
+_SUBPACKAGES = ("homotopy", "decomposition", "models", "passes", "rules")
 
 
-__all__ = [
-    "PIPELINES", "Blend", "DecomposeResult", "FoldpassError", "InputError", "MultiBlend", "OptimizeResult",
-    "PassError", "PassResult", "Report", "Schedule", "Source", "VerificationError", "__version__", "blend_residuals",
-    "decompose", "load_source", "make_schedule", "optimize", "parse_input_shape",
-    "randomize_batchnorm", "run_pipeline", "set_t", "trace", "train",
-]
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _API:
+        value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'foldpass' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))
+
+
+__all__ = sorted(["FoldpassError", "InputError", "PassError", "VerificationError", "__version__", "defaults", *_API])

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.fx as fx
 
-from .ir import attr, op_name
+from .graph import attr, op_name
 from .shapes import ShapeInfo
 
 _ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "relu", "_native_batch_norm_legit_no_training",

@@ -10,12 +10,12 @@ import torch
 import torch.fx as fx
 from torch.export import Dim
 
+from ._version import __version__
 from .errors import FoldpassError, InputError, first_line
-from .ir import batch_of_two
+from .tracing import batch_of_two
 from .quiet import quiet
 
-DEFAULT_OPSET = 18
-MIN_OPSET = 18
+from .defaults import DEFAULT_OPSET, MIN_OPSET  # noqa: E402
 
 
 def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: int = DEFAULT_OPSET,
@@ -73,14 +73,8 @@ def tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     tidied.ir_version = model.ir_version
     del tidied.opset_import[:]
     tidied.opset_import.extend(model.opset_import)
-    tidied.producer_name, tidied.producer_version = "foldpass", _version()
+    tidied.producer_name, tidied.producer_version = "foldpass", __version__
     return tidied
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 EXTERNAL_DATA_BYTES = 2**31 - 2**27  # protobuf's 2 GiB limit, with room for the graph itself

@@ -26,11 +26,12 @@ from typing import Callable
 import torch
 from torch.export import ExportedProgram
 
+from .defaults import DEFAULT_MAX_MODEL_BYTES
 from .errors import InputError, first_line
-from .ir import example_inputs_of, random_like
+from .graph import random_like
+from .tracing import example_inputs_of
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".bin")
-DEFAULT_MAX_MODEL_BYTES = 32 * 2**30  # an ONNX file and its external data, together
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
@@ -165,15 +166,15 @@ def _load_pickle(path: str, trust: bool) -> torch.nn.Module:
     except pickle.UnpicklingError as exc:
         if not trust:
             raise InputError(f"{path}: holds pickled objects beyond weights (a full torch.save(model)); unpickling "
-                             "runs code from the file, so foldpass will not do it without --trust") from exc
+                             "runs code from the file, so foldpass will not do it without trust=True") from exc
         obj = _unpickle_trusted(path)
     except Exception as exc:  # noqa: BLE001 - truncated, random bytes, ...
         raise InputError(f"{path}: not a readable PyTorch file ({type(exc).__name__}: {first_line(exc)})") from exc
     if isinstance(obj, torch.nn.Module):
         return obj
     if isinstance(obj, dict):
-        raise InputError(f"{path}: holds a state dict (weights only), not a model; name the architecture: "
-                         "foldpass optimize pkg.module:build --weights " + path)
+        raise InputError(f"{path}: holds a state dict (weights only), not a model; name the architecture "
+                         "(a pkg.module:build source) and pass this file as weights")
     raise InputError(f"{path}: holds a {type(obj).__name__}, not an nn.Module")
 
 

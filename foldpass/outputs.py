@@ -55,9 +55,9 @@ def check_output(path: str, what: str = "output", force: bool = False) -> str:
     if not os.access(directory, os.W_OK | os.X_OK):
         raise InputError(f"{what} {path}: directory {directory} is not writable")
     if os.path.islink(full) and not force:
-        raise InputError(f"{what} {path}: is a symbolic link; pass --force to replace the link itself")
+        raise InputError(f"{what} {path}: is a symbolic link; pass force=True to replace the link itself")
     if os.path.lexists(full) and not force:
-        raise InputError(f"{what} {path} exists; pass --force to overwrite it")
+        raise InputError(f"{what} {path} exists; pass force=True to overwrite it")
     if os.path.exists(full) and not stat.S_ISREG(os.stat(full).st_mode) and not force:
         raise InputError(f"{what} {path}: is not a regular file")
     return full
@@ -96,7 +96,7 @@ def atomic_write(path: str, write: Callable[[str], None], check: Callable[[str],
         _commit(tmp, path, force)
     except OSError as exc:  # disk full, permissions: an existing file stays as it was
         if isinstance(exc, FileExistsError) and not force:
-            raise InputError(f"{display(path)} appeared while foldpass was writing it; pass --force to "
+            raise InputError(f"{display(path)} appeared while foldpass was writing it; pass force=True to "
                              "overwrite it") from exc
         raise FoldpassError(f"cannot write {display(path)}: {exc.strerror or exc}") from exc
     finally:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch.fx as fx
 
 from .cost import graph_macs
-from .ir import count_ops, count_params
+from .graph import count_ops, count_params
 from .passes.base import Note
 from .shapes import infer_shapes
 

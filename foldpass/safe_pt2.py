@@ -69,7 +69,7 @@ _SYM_FUNCTIONS = frozenset({"sym_max", "sym_min", "sym_float", "sym_int", "sym_n
 
 def _refuse(path: str, why: str) -> InputError:
     return InputError(f"{path}: refused: {why}; foldpass loads a .pt2 only when nothing in it can run code "
-                      "(pass --trust if you wrote this file yourself)")
+                      "(trust=True if you wrote this file yourself)")
 
 
 def check_expr(expr: str) -> str | None:

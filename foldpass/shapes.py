@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from .ir import STATIC_KEY, inputs_of, random_like
+from .graph import STATIC_KEY, inputs_of, random_like
 
 DYNAMIC_BATCHES = (1, 2)
 

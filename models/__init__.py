@@ -6,6 +6,8 @@ into one Gemm. skips=False builds the same network written by hand without skip 
 (the reference for what `foldpass optimize` must reach at t = 0).
 """
 
+import torch
+
 from .cnn import CNN3, CNN6
 from .resnet import ResNet, resnet18, resnet34
 
@@ -22,4 +24,19 @@ def linear_resnet34(**kw) -> ResNet:
     return resnet34(linear=True, **kw)
 
 
-__all__ = ["BUILDERS", "CNN3", "CNN6", "ResNet", "linear_resnet34", "resnet18", "resnet34"]
+def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Gives every batch norm non-trivial statistics and affine parameters (for examples and tests)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                    m.bias.copy_(torch.randn(n, generator=gen) * 0.2)
+    return model
+
+
+__all__ = ["BUILDERS", "CNN3", "CNN6", "ResNet", "linear_resnet34", "randomize_batchnorm", "resnet18", "resnet34"]

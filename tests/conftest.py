@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import pytest
 
-from foldpass import randomize_batchnorm, trace
-from foldpass.ir import count_ops
+from foldpass import trace
+from models import randomize_batchnorm
+from foldpass.graph import count_ops
 
 
 def ops_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -16,7 +16,7 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from foldpass import randomize_batchnorm
+from models import randomize_batchnorm
 
 
 @st.composite

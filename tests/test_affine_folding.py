@@ -6,7 +6,8 @@ from torch import nn
 
 import models
 from conftest import check_pass
-from foldpass import randomize_batchnorm, trace
+from foldpass import trace
+from models import randomize_batchnorm
 from foldpass.passes import affine_folding, constant_propagation, find_linear_regions, linear_region_detection
 
 PREP = (lambda gm: constant_propagation(gm),)

@@ -1,7 +1,7 @@
 from torch import nn
 
 from conftest import check_pass
-from foldpass import randomize_batchnorm
+from models import randomize_batchnorm
 from foldpass.passes import batchnorm_folding, constant_propagation
 
 PREP = (lambda gm: constant_propagation(gm),)

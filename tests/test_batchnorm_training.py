@@ -7,8 +7,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from foldpass.batchnorm_training import recalibrate_batchnorm, trainable_batchnorm
-from foldpass.ir import attr, compute_nodes, op_name, trace
+from foldpass.decomposition.batchnorm_training import recalibrate_batchnorm, trainable_batchnorm
+from foldpass.graph import attr, compute_nodes, op_name
+from foldpass.tracing import trace
 
 BN_OP = torch.ops.aten._native_batch_norm_legit_no_training.default
 

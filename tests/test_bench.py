@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from foldpass.bench import bench, bench_with_peers
+from foldpass.benchmark import bench, bench_with_peers
 from foldpass.cli import main
 from foldpass.errors import InputError
 from foldpass.export import save_atomic, to_onnx
@@ -42,7 +42,7 @@ def test_structure_and_neighbouring_block_ratios(two_models):
 
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available:UserWarning")
 def test_fallback_is_reported(two_models, monkeypatch):
-    from foldpass import bench as bench_mod
+    from foldpass import benchmark as bench_mod
 
     monkeypatch.setattr(bench_mod, "resolve_provider", lambda p: "CUDAExecutionProvider")
     res = bench(list(two_models), provider="cuda", batches=(1,), rounds=1, round_s=0.001, warmup=0)

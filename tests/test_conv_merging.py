@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from conftest import check_pass
-from foldpass import optimize, randomize_batchnorm
+from foldpass import optimize
+from models import randomize_batchnorm
 from foldpass.passes import affine_folding, batchnorm_folding, constant_propagation, scale_folding
 from multibranch import RepBlock, RepNet
 

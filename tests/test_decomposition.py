@@ -12,8 +12,8 @@ from torch import nn
 import foldpass
 from foldpass.cli import main
 from foldpass.errors import InputError
-from foldpass.passes.low_rank_decomposition import _chain, _factorize, choose_rank, low_rank_decomposition, parse_rank
-from foldpass.vbmf import evbmf_rank
+from foldpass.decomposition.low_rank_decomposition import _chain, _factorize, choose_rank, low_rank_decomposition, parse_rank
+from foldpass.decomposition.vbmf import evbmf_rank
 
 RNG = np.random.default_rng(0)
 
@@ -51,7 +51,7 @@ def test_rank_rules():
     assert choose_rank("tucker", 8, w) == (8, 8) and choose_rank("cp", 8, w) == (8,)
     assert choose_rank("tt", 100, w) == (16, 48, 32)  # r2 <= I * kh and O * kw
     for method in ("tucker", "cp", "tt"):
-        from foldpass.passes.low_rank_decomposition import _chain_cost
+        from foldpass.decomposition.cost import chain_cost as _chain_cost
         params = _chain_cost(method, choose_rank(method, 0.2, w), 32, 16, 3, 3, 1, 1, 1)[0]
         assert 0.1 * w.size < params <= 0.2 * w.size
     low = RNG.standard_normal((32, 5)) @ RNG.standard_normal((5, 16 * 9))
@@ -83,7 +83,7 @@ def test_only_convs_whose_chain_is_cheaper_are_decomposed():
     assert any("1x1" in n.message for n in kept.notes)
     result = low_rank_decomposition(kept.module, "tucker", 4)
     assert sum(n.action == "applied" for n in result.notes) == 2
-    assert foldpass.ir.count_ops(result.module)["convolution"] == 2 * 3 + 1
+    assert foldpass.graph.count_ops(result.module)["convolution"] == 2 * 3 + 1
     again = low_rank_decomposition(result.module, "tucker", 4)  # the chain's convs are 1x1 or cost more
     assert not again.modified
 

@@ -6,6 +6,7 @@ import torchvision
 from torch import nn
 
 import foldpass
+import models
 from foldpass.errors import InputError
 from foldpass.homotopy import Blend, blend_residuals, blends, get_t
 
@@ -13,7 +14,7 @@ from foldpass.homotopy import Blend, blend_residuals, blends, get_t
 @pytest.fixture(scope="module")
 def resnet18():
     torch.manual_seed(0)
-    return foldpass.randomize_batchnorm(torchvision.models.resnet18(num_classes=10)).eval()
+    return models.randomize_batchnorm(torchvision.models.resnet18(num_classes=10)).eval()
 
 
 def test_torchvision_resnet18_is_exact_at_its_starting_t(resnet18):

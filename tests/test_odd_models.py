@@ -32,7 +32,7 @@ def test_several_inputs_and_outputs_are_verified(tmp_path):
 
 
 def test_float16_model_folds_with_a_half_precision_tolerance(tmp_path):
-    model = foldpass.randomize_batchnorm(models.linear_resnet34(width=4)).half().eval()
+    model = models.randomize_batchnorm(models.linear_resnet34(width=4)).half().eval()
     result = foldpass.optimize(model, torch.randn(1, 1, 28, 28).half())
     assert result.module.graph.find_nodes(op="call_function", target=torch.ops.aten.addmm.default)
     check = result.save_onnx(tmp_path / "m.onnx")

@@ -95,7 +95,7 @@ def test_sequential_linear_convs_merge_and_a_relu_between_them_does_not(tmp_path
 @pytest.mark.filterwarnings("ignore:.*legacy TorchScript-based ONNX export:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning")
 def test_models_cnn6_from_the_legacy_exporter_keeps_names_and_batch_axis(tmp_path, capsys):
-    model = foldpass.randomize_batchnorm(models.CNN6(width=4, t=0.0)).eval()
+    model = models.randomize_batchnorm(models.CNN6(width=4, t=0.0)).eval()
     buf = io.BytesIO()
     torch.onnx.export(model, (torch.randn(1, 1, 28, 28),), buf, dynamo=False, opset_version=13,
                       input_names=["image"], output_names=["logits"],
@@ -111,7 +111,7 @@ def test_models_cnn6_from_the_legacy_exporter_keeps_names_and_batch_axis(tmp_pat
 @pytest.mark.filterwarnings("ignore:.*legacy TorchScript-based ONNX export:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning")
 def test_torchvision_resnet18_onnx_loses_its_batch_norms(tmp_path, capsys):
-    model = foldpass.randomize_batchnorm(torchvision.models.resnet18(num_classes=10)).eval()
+    model = models.randomize_batchnorm(torchvision.models.resnet18(num_classes=10)).eval()
     buf = io.BytesIO()  # the legacy exporter without constant folding keeps the BatchNormalization nodes
     torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), buf, dynamo=False, do_constant_folding=False, opset_version=17)
     onnx_in = onnx.load_from_string(buf.getvalue())
@@ -122,7 +122,7 @@ def test_torchvision_resnet18_onnx_loses_its_batch_norms(tmp_path, capsys):
 
 
 def test_foldpass_output_passes_through_unchanged(tmp_path):
-    model = foldpass.randomize_batchnorm(models.resnet18(width=4, t=0.0)).eval()
+    model = models.randomize_batchnorm(models.resnet18(width=4, t=0.0)).eval()
     first = tmp_path / "first.onnx"
     foldpass.optimize(model, torch.randn(1, 1, 28, 28)).save_onnx(first)
     again = foldpass.optimize(foldpass.load_source(str(first)))
@@ -144,7 +144,7 @@ def test_unsupported_ops_and_broken_files_exit_2(tmp_path, capsys):
 
 
 def test_external_data_in_and_out(tmp_path, monkeypatch):
-    model = foldpass.randomize_batchnorm(models.CNN3(width=16, t=0.0)).eval()
+    model = models.randomize_batchnorm(models.CNN3(width=16, t=0.0)).eval()
     src = tmp_path / "in.onnx"
     onnx.save_model(to_onnx(model, (torch.randn(1, 1, 28, 28),)), src, save_as_external_data=True,
                     all_tensors_to_one_file=True, location="in.onnx.data")

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import foldpass
-from foldpass.ir import count_ops
+from foldpass.graph import count_ops
 from foldpass.passes.affine_folding import affine_map
 from foldpass.passes.linear_regions import find_linear_regions
 from foldpass.shapes import infer_shapes

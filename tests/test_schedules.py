@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from foldpass.errors import InputError
-from foldpass.schedules import PAPER, PAPER_T05, SCHEDULES, Schedule, make_schedule
+from foldpass.homotopy.schedules import PAPER, PAPER_T05, SCHEDULES, Schedule, make_schedule
 
 
 def test_paper_lists_are_the_papers():

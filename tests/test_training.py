@@ -12,10 +12,10 @@ from torch.utils.data import TensorDataset
 
 import models
 from foldpass.cli import main
-from foldpass.data import load_dataset
+from foldpass.homotopy.data import load_dataset
 from foldpass.homotopy import get_t
-from foldpass.schedules import make_schedule
-from foldpass.training import train
+from foldpass.homotopy.schedules import make_schedule
+from foldpass.homotopy.training import train
 
 
 @pytest.fixture(scope="module")

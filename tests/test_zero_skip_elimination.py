@@ -8,7 +8,7 @@ from torch import nn
 
 from conftest import check_pass
 from foldpass import Blend, MultiBlend
-from foldpass.ir import count_ops
+from foldpass.graph import count_ops
 from foldpass.passes import constant_propagation, zero_skip_elimination
 
 PREP = (lambda gm: constant_propagation(gm),)

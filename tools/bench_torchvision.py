@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 import foldpass  # noqa: E402
-from foldpass.bench import bench_with_peers, environment  # noqa: E402
+from foldpass.benchmark import bench_with_peers, environment  # noqa: E402
 from foldpass.export import onnx_op_counts, save_atomic, to_onnx  # noqa: E402
 from multibranch import RepNet  # noqa: E402
 
@@ -43,12 +43,12 @@ def cases(quick: bool, only: list[str] | None = None):
         if only and name not in only:
             continue
         torch.manual_seed(0)
-        model = foldpass.randomize_batchnorm(getattr(torchvision.models, name)()).eval()
+        model = models.randomize_batchnorm(getattr(torchvision.models, name)()).eval()
         yield name, model, None, torch.randn(1, 3, 224, 224)
     if only and "multibranch" not in only:
         return
     torch.manual_seed(0)
-    rep = foldpass.randomize_batchnorm(RepNet(width=48, blocks=3)).eval()
+    rep = models.randomize_batchnorm(RepNet(width=48, blocks=3)).eval()
     yield "multi-branch RepVGG/MobileOne net", rep, copy.deepcopy(rep).switch_to_deploy().eval(), torch.randn(1, 1, 56, 56)
 
 

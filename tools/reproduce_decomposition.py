@@ -32,10 +32,10 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import foldpass  # noqa: E402
-from foldpass.bench import bench, environment  # noqa: E402
-from foldpass.data import load_dataset  # noqa: E402
-from foldpass.passes.low_rank_decomposition import plan, total_params  # noqa: E402
-from foldpass.training import evaluate, train  # noqa: E402
+from foldpass.benchmark import bench, environment  # noqa: E402
+from foldpass.homotopy.data import load_dataset  # noqa: E402
+from foldpass.decomposition.low_rank_decomposition import plan, total_params  # noqa: E402
+from foldpass.homotopy.training import evaluate, train  # noqa: E402
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs")
 SEED = {  # Corazza & Stojanovic, ResNet18 on CIFAR-10: parameters and accuracy
@@ -89,7 +89,7 @@ def main() -> None:
         return
     if args.quick:
         args.epochs, args.finetune_epochs, args.rounds = 1, 1, 3
-    import foldpass.passes.low_rank_decomposition as lrd
+    import foldpass.decomposition.low_rank_decomposition as lrd
 
     lrd.CP_SWEEPS = args.cp_sweeps
     torch.manual_seed(0)

@@ -28,10 +28,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import foldpass  # noqa: E402
 import models  # noqa: E402
-from foldpass.bench import environment  # noqa: E402
-from foldpass.data import load_dataset  # noqa: E402
-from foldpass.schedules import make_schedule  # noqa: E402
-from foldpass.training import evaluate, train  # noqa: E402
+from foldpass.benchmark import environment  # noqa: E402
+from foldpass.homotopy.data import load_dataset  # noqa: E402
+from foldpass.homotopy.schedules import make_schedule  # noqa: E402
+from foldpass.homotopy.training import evaluate, train  # noqa: E402
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs")
 RUNS = {"static t = 0.5": ("static", 0.5), "paper schedule (t0 = 0.9)": ("paper", 0.9),

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import foldpass  # noqa: E402
 import models  # noqa: E402
-from foldpass.bench import bench_with_peers, environment  # noqa: E402
+from foldpass.benchmark import bench_with_peers, environment  # noqa: E402
 from foldpass.export import save_atomic, to_onnx  # noqa: E402
 
 PAPER = {  # RTX 2060, PyTorch, batch 64, us per image
@@ -69,7 +69,7 @@ def torch_times(modules: dict[str, torch.nn.Module], batch: int, rounds: int) ->
 
 
 def build_cases(width: int):
-    fb = foldpass.randomize_batchnorm
+    fb = models.randomize_batchnorm
     torch.manual_seed(0)
     lin34 = fb(models.linear_resnet34(width=width)).eval()
     cnn3 = fb(models.CNN3(linear=True)).eval()

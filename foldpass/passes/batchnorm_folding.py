@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from ..ir import add_constant, constant_value, drop_unused_attrs
+from ..graph import add_constant, constant_value, drop_unused_attrs
 from .base import Notes, PassResult
 
 NAME = "batchnorm_folding"

@@ -16,7 +16,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from ..ir import add_constant, attr, drop_unused_attrs
+from ..graph import add_constant, ancestors, attr, drop_unused_attrs
 from .base import Notes, PassResult
 
 NAME = "constant_propagation"
@@ -99,13 +99,4 @@ def constant_propagation(gm: fx.GraphModule) -> PassResult:
 
 
 def _leaves(node: fx.Node) -> set[fx.Node]:
-    seen, stack, leaves = set(), [node], set()
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n.op == "get_attr":
-            leaves.add(n)
-        stack.extend(n.all_input_nodes)
-    return leaves
+    return {n for n in ancestors(node) if n.op == "get_attr"}

@@ -21,7 +21,7 @@ import torch
 import torch.fx as fx
 
 from ..cost import node_macs
-from ..ir import attr, op_name
+from ..graph import VIEW_OPS, ancestors, attr, op_name
 from ..shapes import ShapeInfo, infer_shapes
 from .base import Notes, PassResult
 from .constant_propagation import constant_nodes
@@ -148,13 +148,7 @@ def find_linear_regions(gm: fx.GraphModule, shapes: dict[fx.Node, ShapeInfo] | N
     for sink in gm.graph.nodes:
         if sink not in affine or all(u in affine for u in sink.users):
             continue
-        cone, stack = set(), [sink]
-        while stack:
-            n = stack.pop()
-            if n in cone:
-                continue
-            cone.add(n)
-            stack.extend(a for a in n.all_input_nodes if a in affine)
+        cone = ancestors(sink, within=affine.__contains__)
         inputs = sorted({a for n in cone for a in n.all_input_nodes if a not in affine and a not in const},
                         key=order.get)
         shared = sorted((n for n in cone if n is not sink and any(u not in cone for u in n.users)), key=order.get)
@@ -179,7 +173,7 @@ def _region_bytes(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, Shap
     return total
 
 
-_VIEWS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.alias.default}
+_VIEWS = VIEW_OPS | {aten.alias.default}
 
 
 def linear_region_detection(gm: fx.GraphModule) -> PassResult:

@@ -1,21 +1,30 @@
 """The pass manager: named pipelines, run to a fixed point, the graph linted after every pass.
 
-    PIPELINES["default"] = constant_propagation, zero_skip_elimination, batchnorm_folding,
-                           scale_folding, linear_region_detection, affine_folding
+    default    = constant_propagation, zero_skip_elimination, batchnorm_folding, scale_folding,
+                 linear_region_detection, affine_folding(max_fold_bytes)
+    skips-only = constant_propagation, zero_skip_elimination
+
+The order matters. Constant propagation comes first: it turns `1 - t`, `t / K` and `w[1]` into
+constants, and only then can zero-skip elimination see `(1 - t) * b + t * s` with t == 0 as
+`1 * b + 0 * s`. Batch norm folds into its conv, and scalar scales (a blend's leftover
+`1 / (1 - t0)`) into theirs, before the regions are measured, so that a region's cost is that of
+the convs that will really run. Region detection reports; affine folding rewrites.
 
 A pipeline runs in order, and again, until no pass changes the graph (at most `max_rounds`).
 After every pass: `graph.lint()` and a recompile; whatever a pass raises comes back as a
-PassError that names the pass.
+PassError that names the pass. A pass's options are bound explicitly (functools.partial) when
+the pipeline is built: `pipeline_passes("default", max_fold_bytes=...)`.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import torch.fx as fx
 
+from ..defaults import DEFAULT_MAX_FOLD_BYTES, PIPELINE_NAMES
 from ..errors import InputError, PassError
 from .affine_folding import affine_folding
 from .base import Note, PassResult
@@ -33,6 +42,7 @@ PIPELINES: dict[str, tuple[Pass, ...]] = {
     "skips-only": (constant_propagation, zero_skip_elimination),
     "none": (),
 }
+assert tuple(PIPELINES) == PIPELINE_NAMES
 
 
 def get_pipeline(name: str) -> tuple[Pass, ...]:
@@ -40,6 +50,15 @@ def get_pipeline(name: str) -> tuple[Pass, ...]:
         return PIPELINES[name]
     except KeyError:
         raise InputError(f"unknown pipeline '{name}'; valid pipelines: {', '.join(PIPELINES)}") from None
+
+
+def pipeline_passes(name: str, max_fold_bytes: int = DEFAULT_MAX_FOLD_BYTES) -> tuple[Pass, ...]:
+    """The named pipeline with each pass's options bound."""
+    return tuple(partial(p, max_fold_bytes=max_fold_bytes) if p is affine_folding else p for p in get_pipeline(name))
+
+
+def pass_name(p: Pass) -> str:
+    return p.func.__name__ if isinstance(p, partial) else p.__name__
 
 
 @dataclass
@@ -51,23 +70,22 @@ class PipelineResult:
 
 
 def run_pipeline(gm: fx.GraphModule, pipeline: str | tuple[Pass, ...] = "default", max_rounds: int = 8,
-                 on_pass: Callable[[str], None] | None = None, **options) -> PipelineResult:
-    """Runs the passes in order until none changes gm; `options` go to the passes that take them.
-
-    Notes of the last round are kept for analyses (declined / info), applied notes of every round.
+                 on_pass: Callable[[str], None] | None = None,
+                 max_fold_bytes: int = DEFAULT_MAX_FOLD_BYTES) -> PipelineResult:
+    """Runs the passes (a pipeline's name, or passes with their options bound) in order until none
+    changes gm. Notes of the last round are kept for analyses (declined / info), applied notes of every round.
     """
-    passes = get_pipeline(pipeline) if isinstance(pipeline, str) else tuple(pipeline)
+    passes = pipeline_passes(pipeline, max_fold_bytes) if isinstance(pipeline, str) else tuple(pipeline)
     result = PipelineResult(gm)
     last_round: list[Note] = []
     for round_no in range(1, max_rounds + 1):
         changed, last_round = False, []
         for p in passes:
-            name = p.__name__
+            name = pass_name(p)
             if on_pass:
                 on_pass(name)
-            kwargs = {k: v for k, v in options.items() if k in inspect.signature(p).parameters}
             try:
-                out = p(result.module, **kwargs)
+                out = p(result.module)
                 out.module.graph.lint()
                 out.module.recompile()
             except Exception as exc:  # noqa: BLE001 - reported with the pass's name

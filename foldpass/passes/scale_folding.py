@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from ..ir import add_constant, constant_value, drop_unused_attrs
+from ..graph import add_constant, constant_value, drop_unused_attrs
 from .base import Notes, PassResult
 
 NAME = "scale_folding"

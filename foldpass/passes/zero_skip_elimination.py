@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 import torch.fx as fx
 
-from ..ir import attr, constant_value, drop_unused_attrs
+from ..graph import ancestors, attr, constant_value, drop_unused_attrs
 from ..shapes import ShapeInfo, infer_shapes
 from .base import Notes, PassResult
 
@@ -97,12 +97,9 @@ def _dead_branch(node: fx.Node, keep: fx.Node) -> set[fx.Node]:
     dead: set[fx.Node] = {node}
     changed = True
     candidates = set()
-    stack = [a for a in node.all_input_nodes if a is not keep]
-    while stack:
-        n = stack.pop()
-        if n not in candidates and n.op not in ("placeholder", "output"):
-            candidates.add(n)
-            stack.extend(n.all_input_nodes)
+    for a in node.all_input_nodes:
+        if a is not keep and a.op != "placeholder":
+            candidates |= ancestors(a, within=lambda n: n.op not in ("placeholder", "output"))
     while changed:
         changed = False
         for n in candidates - dead:

@@ -1,36 +1,28 @@
-"""The one IR: a torch.fx GraphModule of core ATen ops, as torch.export produces it.
+"""torch.export -> the one IR: a torch.fx GraphModule of core ATen ops.
 
 `trace(model, inputs)` normalizes an nn.Module or an ExportedProgram into that IR:
 torch.export (non-strict, batch dimension dynamic) -> run_decompositions() -> .module(),
 the input guard stripped, and every batch-preserving view rewritten to `view(x, [-1, ...])`
 so the graph carries no batch size of its own. The example inputs travel in
-`gm.meta["foldpass_inputs"]`; passes read them from there to infer shapes.
-
-Small graph helpers every pass uses live here too.
+`gm.meta["foldpass_inputs"]`; passes read them from there to infer shapes (graph.inputs_of).
 """
 
 from __future__ import annotations
 
 import inspect
-import itertools
 import warnings
-from typing import Any, Iterable
 
 import torch
 import torch.fx as fx
 from torch.export import Dim, ExportedProgram
 
 from .errors import InputError
+from .graph import INPUTS_KEY, STATIC_KEY, VIEW_OPS, random_like
+from .quiet import quiet
+from .shapes import infer_shapes
 
 aten = torch.ops.aten
 
-INPUTS_KEY = "foldpass_inputs"
-STATIC_KEY = "foldpass_static_batch"
-
-_VIEW_OPS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default}
-
-
-# ----------------------------------------------------------------------------- tracing
 
 
 def trace(model: torch.nn.Module | ExportedProgram, inputs: tuple[torch.Tensor, ...]) -> fx.GraphModule:
@@ -76,8 +68,6 @@ def _export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[E
     params = list(inspect.signature(model.forward).parameters.values())
     if len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
         dynamic = (dynamic,)  # forward(*inputs): the specs nest like the arguments
-    from .quiet import quiet
-
     with quiet():
         try:
             return torch.export.export(model, batch_of_two(inputs), dynamic_shapes=dynamic, strict=False), False
@@ -131,13 +121,6 @@ def example_inputs_of(ep: ExportedProgram) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-def random_like(shape, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    if dtype.is_floating_point:
-        return torch.randn(*shape, generator=gen, dtype=torch.float32).to(dtype)
-    raise InputError(f"input of dtype {dtype} is not supported: foldpass optimizes floating-point inputs")
-
-
 def _strip_guards(gm: fx.GraphModule) -> None:
     """Drops the `_guards_fn` call torch.export inserts: it only re-checks input shapes."""
     for node in list(gm.graph.nodes):
@@ -150,12 +133,10 @@ def _strip_guards(gm: fx.GraphModule) -> None:
 
 def canonicalize_batch_views(gm: fx.GraphModule) -> bool:
     """Replaces `view(x, [batch, *rest])` by `view(x, [-1, *rest])` where x and the result lead with the batch."""
-    from .shapes import infer_shapes
-
     shapes = infer_shapes(gm)
     changed = False
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in _VIEW_OPS:
+        if node.op != "call_function" or node.target not in VIEW_OPS:
             continue
         src, dst = shapes.get(node.args[0]), shapes.get(node)
         if src is None or dst is None or not (src.batch_major and dst.batch_major):
@@ -168,103 +149,3 @@ def canonicalize_batch_views(gm: fx.GraphModule) -> bool:
         gm.graph.eliminate_dead_code()  # the sym_size nodes the views used
         gm.recompile()
     return changed
-
-
-# ----------------------------------------------------------------------------- graph helpers
-
-
-def inputs_of(gm: fx.GraphModule) -> tuple[torch.Tensor, ...]:
-    return gm.meta[INPUTS_KEY]
-
-
-def attr(gm: fx.GraphModule, target: str) -> Any:
-    """The object a get_attr node reads."""
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-_counter = itertools.count()
-
-
-def add_constant(gm: fx.GraphModule, tensor: torch.Tensor, hint: str, before: fx.Node) -> fx.Node:
-    """Registers `tensor` as a buffer of gm and returns a get_attr node for it, inserted before `before`.
-
-    Its strides are kept (a materialized `W.t()` stays a transposed view of a row-major W), so an op
-    reading it runs the same kernel on the same memory layout: no arithmetic changes.
-    """
-    name = f"_foldpass_{hint}_{next(_counter)}"
-    while hasattr(gm, name):
-        name = f"_foldpass_{hint}_{next(_counter)}"
-    gm.register_buffer(name, tensor.detach().clone())
-    with gm.graph.inserting_before(before):
-        return gm.graph.get_attr(name)
-
-
-def constant_value(gm: fx.GraphModule, arg: Any) -> Any:
-    """The value of an argument if it is a constant (a literal or a get_attr tensor), else None."""
-    if isinstance(arg, fx.Node):
-        return attr(gm, arg.target) if arg.op == "get_attr" else None
-    return arg
-
-
-def drop_unused_attrs(gm: fx.GraphModule) -> None:
-    """Removes parameters, buffers and submodules no get_attr / call_module reads any more."""
-    gm.graph.eliminate_dead_code()
-    used = {n.target for n in gm.graph.nodes if n.op in ("get_attr", "call_module")}
-    for name, _ in list(itertools.chain(gm.named_parameters(), gm.named_buffers())):
-        if name not in used:
-            _delete_attr(gm, name)
-    for name, value in list(vars(gm).items()):
-        if isinstance(value, torch.Tensor) and name not in used and not name.startswith("_"):
-            delattr(gm, name)
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-
-
-def _delete_attr(gm: fx.GraphModule, dotted: str) -> None:
-    *path, leaf = dotted.split(".")
-    owner = gm
-    for part in path:
-        owner = getattr(owner, part)
-    delattr(owner, leaf)
-
-
-def op_name(node: fx.Node) -> str:
-    """A short, stable name for a node's operation: 'convolution', 'add', 'getitem', ..."""
-    if node.op == "call_function":
-        target = node.target
-        if isinstance(target, torch._ops.OpOverload):
-            return target._schema.name.split("::")[-1]
-        return getattr(target, "__name__", str(target))
-    if node.op == "call_module":
-        return type(attr(node.graph.owning_module, node.target)).__name__
-    return node.op
-
-
-def compute_nodes(gm: fx.GraphModule) -> Iterable[fx.Node]:
-    return (n for n in gm.graph.nodes if n.op in ("call_function", "call_module", "call_method"))
-
-
-def count_ops(gm: fx.GraphModule) -> dict[str, int]:
-    """Histogram of operation names, getitem and sym_size left out (they are bookkeeping)."""
-    counts: dict[str, int] = {}
-    for node in compute_nodes(gm):
-        name = op_name(node)
-        if name in ("getitem", "sym_size"):
-            continue
-        counts[name] = counts.get(name, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def count_params(gm: fx.GraphModule) -> int:
-    """Elements in the tensors the graph reads (parameters, buffers and folded constants)."""
-    seen, total = set(), 0
-    for node in gm.graph.nodes:
-        if node.op == "get_attr" and node.target not in seen:
-            seen.add(node.target)
-            value = attr(gm, node.target)
-            if isinstance(value, torch.Tensor):
-                total += value.numel()
-    return total

@@ -24,6 +24,7 @@ from datetime import date
 import numpy as np
 
 from .errors import InputError
+from .extras import require
 
 BLOCK_S = 0.002  # the shortest stretch timed at once: long enough that the clock's overhead is noise
 
@@ -76,11 +77,15 @@ class BenchResult:
                          f"{1e6 / t.median_us:,.0f} | {t.speedup:,.2f}x |")
         return "\n".join(lines)
 
+    def to_json(self, path: str, force: bool = False) -> None:
+        from .outputs import write_json
+
+        write_json(path, self.as_dict(), force=force)
+
     def plot(self, path: str, force: bool = False) -> None:
         from .outputs import atomic_write
 
-        import matplotlib
-
+        matplotlib = require("matplotlib", "plot")
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
@@ -225,9 +230,14 @@ def check_bench_args(models: list[str], batches, rounds: int) -> None:
 
 
 def bench(models: list[str], names: list[str] | None = None, provider: str = "auto", batches=(1, 64),
-          rounds: int = 9, round_s: float = 0.05, warmup: int = 3, threads: int = 0, progress: bool = False) -> BenchResult:
-    """Times every model at every batch size, interleaved; see the module docstring."""
+          rounds: int = 9, round_s: float = 0.05, warmup: int = 3, threads: int = 0, progress: bool = False,
+          peers: bool = False) -> BenchResult:
+    """Times every model at every batch size, interleaved; see the module docstring. peers=True also
+    times the first model after ORT_ENABLE_ALL offline and onnxsim (bench_with_peers)."""
     check_bench_args(models, batches, rounds)
+    if peers:
+        return bench_with_peers(models, names, provider=provider, batches=batches, rounds=rounds, round_s=round_s,
+                                warmup=warmup, threads=threads, progress=progress)
     names = names or [os.path.basename(m) for m in models]
     provider = resolve_provider(provider)
     result = BenchResult(provider, [], environment=environment(provider))

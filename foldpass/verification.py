@@ -25,10 +25,9 @@ import numpy as np
 import onnx
 import torch
 
+from .defaults import DEFAULT_ATOL, DEFAULT_RTOL
 from .errors import InputError, VerificationError, first_line
 
-DEFAULT_RTOL = 1e-4
-DEFAULT_ATOL = 1e-5
 VERIFY_BATCHES = (1, 3)
 STRUCTURED_BATCH = 2
 LARGE_MAGNITUDE = 100.0
@@ -126,7 +125,7 @@ def verify(onnx_model: onnx.ModelProto | str, reference: torch.nn.Module, cases:
     if any(x.dtype == torch.bfloat16 for case in cases for x in case):
         raise VerificationError("cannot verify a bfloat16 model: onnxruntime's CPU provider has no bfloat16 kernels "
                                 "for most ops and numpy has no bfloat16 type; cast the model to float32 or float16, "
-                                "or write it unverified with --no-verify")
+                                "or write it unverified with verify_output=False")
     payload = onnx_model if isinstance(onnx_model, str) else onnx_model.SerializeToString()
     try:
         session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])

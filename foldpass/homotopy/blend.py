@@ -30,7 +30,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import InputError, first_line
+from ..blend_weight import get_t, set_t  # noqa: F401 - re-exported: the homotopy API
+from ..errors import InputError, first_line
+from ..graph import ancestors
 
 
 class Blend(nn.Module):
@@ -70,32 +72,6 @@ class MultiBlend(nn.Module):
         return f"shortcuts={self.num_shortcuts}, t={self.t.item():g}"
 
 
-def set_t(model: nn.Module, t: float) -> int:
-    """Sets every blend weight foldpass can identify: Blend / MultiBlend modules, and any
-    float attribute or 0-dim buffer named `t`. Returns how many it set."""
-    count = 0
-    for module in model.modules():
-        buffers = dict(module.named_buffers(recurse=False))
-        if "t" in buffers and buffers["t"].dim() == 0:
-            buffers["t"].fill_(float(t))
-            count += 1
-        elif isinstance(getattr(module, "t", None), float):
-            module.t = float(t)
-            count += 1
-    return count
-
-
-def get_t(model: nn.Module) -> float | None:
-    """The blend weight of the model's first blend (None if it has none)."""
-    for module in model.modules():
-        t = getattr(module, "t", None)
-        if isinstance(t, torch.Tensor) and t.dim() == 0:
-            return float(t)
-        if isinstance(t, float):
-            return t
-    return None
-
-
 # ----------------------------------------------------------------------------- the converter
 
 _ADDS = {operator.add, operator.iadd, torch.add}
@@ -110,14 +86,7 @@ def _is_add(node: fx.Node) -> bool:
 
 def _ancestors(node: fx.Node, memo: dict) -> frozenset:
     if node not in memo:
-        stack, seen = [node], set()
-        while stack:
-            n = stack.pop()
-            if n in seen:
-                continue
-            seen.add(n)
-            stack.extend(n.all_input_nodes)
-        memo[node] = frozenset(seen)
+        memo[node] = frozenset(ancestors(node))
     return memo[node]
 
 

@@ -23,7 +23,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .ir import attr
+from ..graph import attr
 
 _BN = torch.ops.aten._native_batch_norm_legit_no_training.default
 _PREFIX = "_foldpass_trainable_bn_"

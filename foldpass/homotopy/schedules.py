@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from .errors import InputError
+from ..defaults import SCHEDULE_NAMES
+from ..errors import InputError
 
 PAPER = (0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.025, 0.01, 0.0)
 PAPER_T05 = (0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.025, 0.01, 0.05, 0.0)
@@ -103,7 +104,7 @@ class Schedule:
         return [self.value(k) for k in range(self.total)]
 
 
-SCHEDULES = ("paper", "paper-t05", "linear", "cosine", "exp", "threshold", "static")
+SCHEDULES = SCHEDULE_NAMES
 
 
 def make_schedule(kind: str, epochs: int, t0: float | None = None, per: str = "epoch", steps_per_epoch: int = 1,

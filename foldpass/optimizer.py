@@ -17,13 +17,14 @@ from torch.export import ExportedProgram
 from .errors import InputError
 from .loading import Source
 from .outputs import check_outputs
-from .export import DEFAULT_OPSET, MIN_OPSET, onnx_op_counts, rename_io, save_atomic, to_onnx
-from .homotopy import set_t as _set_t
-from .ir import STATIC_KEY, trace
+from .export import DEFAULT_OPSET, MIN_OPSET, check_opset, onnx_op_counts, rename_io, save_atomic, to_onnx
+from .blend_weight import set_t as _set_t
+from .graph import STATIC_KEY
+from .tracing import trace
 from .passes import run_pipeline
 from .passes.affine_folding import DEFAULT_MAX_FOLD_BYTES
 from .report import GraphStats, Report
-from .verify import (DEFAULT_ATOL, DEFAULT_RTOL, Verification, check_tolerances, compare, output_tensors,
+from .verification import (DEFAULT_ATOL, DEFAULT_RTOL, Verification, check_tolerances, compare, output_tensors,
                      verification_inputs, verify)
 
 
@@ -71,6 +72,18 @@ class OptimizeResult:
         return checked[0] if checked else None
 
 
+    def bench(self, written: str, batches=(1, 64), progress: bool = False):
+        """Times the original (exported as it is) against the written ONNX, interleaved (bench.py)."""
+        import tempfile
+
+        from .benchmark import bench
+
+        with tempfile.TemporaryDirectory() as tmp:
+            original = os.path.join(tmp, "original.onnx")
+            save_atomic(to_onnx(self.original, self.inputs), original)
+            return bench([original, written], ["original", "foldpass"], batches=batches, progress=progress)
+
+
 def _as_inputs(example) -> tuple[torch.Tensor, ...]:
     inputs = example if isinstance(example, (tuple, list)) else (example,)
     if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
@@ -93,7 +106,7 @@ def _prepare(model: torch.nn.Module, t: float | None, report_warnings: list[str]
     if t is not None:
         count = _set_t(model, t)
         if not count:
-            report_warnings.append(f"--set-t {t}: no blend weight found (no Blend module, no attribute or buffer named t)")
+            report_warnings.append(f"set_t {t}: no blend weight found (no Blend module, no attribute or buffer named t)")
     return model
 
 
@@ -158,8 +171,13 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
                           io_names=(src.input_names, src.output_names), source_path=src.path)
 
 
-def check_options(set_t: float | None = None, max_fold_bytes: int | None = None) -> None:
-    """Refuses option values that cannot mean anything (InputError names the parameter)."""
+def check_options(set_t: float | None = None, max_fold_bytes: int | None = None, rtol: float | None = None,
+                  atol: float | None = None, opset: int | None = None) -> None:
+    """Refuses option values that cannot mean anything (InputError names the parameter), before any work."""
+    if rtol is not None or atol is not None:
+        check_tolerances(DEFAULT_RTOL if rtol is None else rtol, DEFAULT_ATOL if atol is None else atol)
+    if opset is not None:
+        check_opset(opset)
     if set_t is not None and not (math.isfinite(set_t) and 0.0 <= set_t <= 1.0):
         raise InputError(f"set_t must lie in [0, 1] (the blend weight t); got {set_t}")
     if max_fold_bytes is not None and max_fold_bytes < 0:

@@ -13,7 +13,8 @@ short analytic form (as in the widely used VBMF.py), tested on matrices of known
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+
+from ..extras import require
 
 
 def _tau(x, alpha):
@@ -45,6 +46,7 @@ def evbmf_rank(y: np.ndarray) -> int:
     lower = max(s[eh_ub + 1] ** 2 / (M * xubar) if eh_ub + 1 < L else 0.0, np.mean(s[eh_ub + 1:] ** 2) / M)
     if not upper > lower > 0:
         return int(np.sum(s > 1e-12 * s[0]))
+    minimize_scalar = require("scipy.optimize", "decompose").minimize_scalar
     sigma2 = minimize_scalar(_free_energy, args=(L, M, s, 0.0, xubar), bounds=[lower, upper], method="bounded").x
     threshold = np.sqrt(M * sigma2 * (1 + tauubar) * (1 + alpha / tauubar))
     return int(np.sum(s > threshold))

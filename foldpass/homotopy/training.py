@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import InputError, first_line
-from .homotopy import set_t
-from .outputs import atomic_write
+from ..blend_weight import set_t
+from ..errors import InputError, first_line
+from ..outputs import atomic_write
 from .schedules import Schedule
 
 

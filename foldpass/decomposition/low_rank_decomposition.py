@@ -29,15 +29,19 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from ..defaults import DECOMPOSITION_METHODS
 from ..errors import InputError
-from ..ir import constant_value, drop_unused_attrs
+from ..extras import require
+from ..graph import constant_value, drop_unused_attrs, pair as _pair, unique_name
+from ..passes.base import Notes, PassResult
 from ..shapes import infer_shapes
-from .base import Notes, PassResult
+from .cost import chain_cost as _chain_cost
 
 NAME = "low_rank_decomposition"
 aten = torch.ops.aten
 _N_RANKS = {"tucker": 2, "cp": 1, "tt": 3}  # each method, and how many ranks its chain has
-METHODS = tuple(_N_RANKS)
+METHODS = DECOMPOSITION_METHODS
+assert set(METHODS) == set(_N_RANKS)
 CP_SWEEPS = 25  # ALS sweeps per layer: TensorLy's ALS takes seconds per sweep on a 512 x 512 x 3 x 3 kernel
 
 
@@ -65,26 +69,13 @@ def parse_rank(text) -> str | int | float:
         try:
             value = float(text) if "." in str(text) else int(text)
         except ValueError:
-            raise InputError(f"--rank must be auto, a fraction like 0.25, or an integer; got '{text}'") from None
+            raise InputError(f"rank must be auto, a fraction like 0.25, or an integer; got '{text}'") from None
     if isinstance(value, float) and not 0 < value < 1 or isinstance(value, int) and value < 1:
-        raise InputError(f"--rank {value}: a fraction must lie in (0, 1), a rank must be at least 1")
+        raise InputError(f"rank {value}: a fraction must lie in (0, 1), a rank must be at least 1")
     return value
 
 
 # ----------------------------------------------------------------------------- ranks and costs
-
-
-def _chain_cost(method: str, rank, o, i, kh, kw, hin_win, hout_win, hout_wout) -> tuple[int, int]:
-    """(parameters, MACs per sample) of the factorized chain."""
-    if method == "tucker":
-        ro, ri = rank
-        return i * ri + ro * ri * kh * kw + o * ro, hin_win * i * ri + hout_wout * (ro * ri * kh * kw + o * ro)
-    if method == "cp":
-        (r,) = rank
-        return r * (i + kh + kw + o), hin_win * i * r + hout_win * r * kh + hout_wout * r * (kw + o)
-    r1, r2, r3 = rank
-    return (i * r1 + r1 * kh * r2 + r2 * kw * r3 + r3 * o,
-            hin_win * i * r1 + hout_win * r1 * r2 * kh + hout_wout * (r2 * r3 * kw + r3 * o))
 
 
 def _ranks_for(method: str, n: int, o: int, i: int, kh: int, kw: int) -> tuple[int, ...]:
@@ -96,7 +87,7 @@ def _ranks_for(method: str, n: int, o: int, i: int, kh: int, kw: int) -> tuple[i
 
 
 def _auto_ranks(method: str, w: np.ndarray) -> tuple[int, ...]:
-    from ..vbmf import evbmf_rank
+    from .vbmf import evbmf_rank
 
     o, i, kh, kw = w.shape
     ro = evbmf_rank(w.reshape(o, -1))  # 0: nothing above the noise level; the pass then keeps the layer
@@ -142,7 +133,7 @@ def choose_rank(method: str, rank, w: np.ndarray) -> tuple[int, ...]:
 
 def _factorize(method: str, w: np.ndarray, rank: tuple[int, ...]):
     """The chain's weights (float64 numpy) and the reconstruction."""
-    import tensorly as tl
+    tl = require("tensorly", "decompose")
     from tensorly.decomposition import parafac, partial_tucker, tensor_train
 
     tl.set_backend("numpy")
@@ -186,15 +177,8 @@ def _chain(method, factors, stride, pad):
             (factors[3], [1, 1], [0, 0], 1)]
 
 
-_counter = [0]
-
-
 def _param(gm: fx.GraphModule, value: torch.Tensor, before: fx.Node) -> fx.Node:
-    _counter[0] += 1
-    name = f"_foldpass_lowrank_{_counter[0]}"
-    while hasattr(gm, name):
-        _counter[0] += 1
-        name = f"_foldpass_lowrank_{_counter[0]}"
+    name = unique_name(gm, "lowrank")
     gm.register_parameter(name, torch.nn.Parameter(value.contiguous()))
     with gm.graph.inserting_before(before):
         return gm.graph.get_attr(name)
@@ -276,10 +260,6 @@ def low_rank_decomposition(gm: fx.GraphModule, method: str = "tucker", rank="aut
     if planned:
         drop_unused_attrs(gm)
     return PassResult(gm, bool(planned), notes)
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (tuple(v) * 2 if len(v) == 1 else (int(v[0]), int(v[1])))
 
 
 def total_params(gm: fx.GraphModule) -> int:

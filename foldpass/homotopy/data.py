@@ -14,14 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from .errors import InputError
+from ..defaults import DATASET_NAMES
+from ..errors import InputError
+from ..extras import require
 
-DATASETS = ("digits", "mnist")
+DATASETS = DATASET_NAMES
 
 
 def digits(seed: int = 0, size: int = 28, channels: int = 1) -> tuple[TensorDataset, TensorDataset]:
     """scikit-learn's digits, 8 x 8 -> size x size (repeated over `channels`), split 80 / 20 per class."""
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "train").load_digits
 
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -39,15 +41,12 @@ def digits(seed: int = 0, size: int = 28, channels: int = 1) -> tuple[TensorData
 
 def mnist(data_dir: str, download: bool = False) -> tuple[TensorDataset, TensorDataset]:
     """torchvision's MNIST as tensors in [0, 1]."""
-    try:
-        from torchvision.datasets import MNIST
-    except ImportError as exc:  # pragma: no cover
-        raise InputError("MNIST needs torchvision (pip install torchvision)") from exc
+    MNIST = require("torchvision.datasets", "train").MNIST
     try:
         train, val = (MNIST(data_dir, train=flag, download=download) for flag in (True, False))
     except Exception as exc:  # noqa: BLE001 - no network, no files
-        raise InputError(f"cannot load MNIST from {data_dir} ({type(exc).__name__}: {exc}); pass --download on a "
-                         "machine with network, or use --data digits") from exc
+        raise InputError(f"cannot load MNIST from {data_dir} ({type(exc).__name__}: {exc}); pass download=True on a "
+                         "machine with network, or use data='digits'") from exc
     as_set = lambda d: TensorDataset(d.data.unsqueeze(1).float() / 255.0, d.targets.long())  # noqa: E731
     return as_set(train), as_set(val)
 
@@ -60,7 +59,7 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
         train, val = digits(size=image_shape[1], channels=image_shape[0])
     elif name == "mnist":
         if not data_dir:
-            raise InputError("--data mnist needs --data-dir (where MNIST is, or where to download it)")
+            raise InputError("data='mnist' needs data_dir (where MNIST is, or where to download it)")
         train, val = mnist(data_dir, download)
         if tuple(image_shape) != (1, 28, 28):
             raise InputError(f"MNIST images are 1 x 28 x 28; the model takes {image_shape}")

@@ -32,8 +32,9 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from ..graph import pair as _pair
+from ..passes.linear_regions import Region
 from ..shapes import ShapeInfo
-from .linear_regions import Region
 
 aten = torch.ops.aten
 
@@ -65,10 +66,6 @@ class Window:
 IDENTITY = Window((1, 1), (1, 1), (0, 0))
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (tuple(v) * 2 if len(v) == 1 else tuple(v))
-
-
 def _conv(node, w) -> Window | None:  # conv(x): window = kernel, stride, padding (no dilation, no transpose)
     if node.args[6] or any(d != 1 for d in node.args[5]):
         return None
@@ -78,7 +75,7 @@ def _conv(node, w) -> Window | None:  # conv(x): window = kernel, stride, paddin
 
 
 def _kernel_of(node) -> tuple[int, ...]:
-    from ..ir import attr
+    from ..graph import attr
 
     w = node.args[1]
     value = attr(node.graph.owning_module, w.target) if isinstance(w, fx.Node) and w.op == "get_attr" else None
@@ -107,7 +104,7 @@ def _pointwise(node, w) -> Window | None:  # BN, x * c, x + c, -x: one input pos
 
 def _per_channel_constants(node) -> bool:
     """Its constant operands do not vary over the image (a scalar, or one value per channel)."""
-    from ..ir import constant_value
+    from ..graph import constant_value
 
     gm = node.graph.owning_module
     for arg in node.args:

@@ -13,17 +13,19 @@ statistics compound that layer by layer); (2) fine-tune everything, batch norm i
 from __future__ import annotations
 
 import copy
+from functools import partial
 from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
 from torch.export import ExportedProgram
 
+from ..cost import graph_macs
+from ..passes import run_pipeline
+from ..shapes import infer_shapes
+from ..tracing import trace
 from .batchnorm_training import recalibrate_batchnorm, trainable_batchnorm
-from .ir import trace
-from .passes.low_rank_decomposition import LayerReport, low_rank_decomposition, total_params
-from .shapes import infer_shapes
-from .cost import graph_macs
+from .low_rank_decomposition import LayerReport, low_rank_decomposition, total_params
 
 
 @dataclass
@@ -40,10 +42,35 @@ class DecomposeResult:
     inputs: tuple[torch.Tensor, ...] = field(default=(), repr=False)
 
     def save_pt2(self, path: str, force: bool = False) -> None:
-        from .training import export_pt2
+        from ..homotopy.training import export_pt2
 
         export_pt2(self.module, path, torch.cat([self.inputs[0]] * 2) if self.inputs[0].shape[0] == 1 else self.inputs[0],
                    force=force)
+
+    def render(self, console=None) -> None:
+        """The per-layer table, the convs left alone and why, and the model's totals (rich)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        console = console or Console()
+        table = Table(title=f"{self.method} decomposition (lossy)")
+        for col in ("layer", "shape", "rank", "params", "MACs / sample", "rel. error"):
+            table.add_column(col, justify="left" if col in ("layer", "shape") else "right")
+        for layer in self.layers:
+            table.add_row(layer.node, "x".join(map(str, layer.shape)), ",".join(map(str, layer.rank)),
+                          f"{layer.params[0]:,} -> {layer.params[1]:,}", f"{layer.macs[0]:,} -> {layer.macs[1]:,}",
+                          f"{layer.error:.3f}")
+        console.print(table)
+        for reason in self.kept:
+            console.print(f"  {reason}", highlight=False)
+        p, m = self.params, self.macs
+        console.print(f"model: {p[0]:,} -> {p[1]:,} parameters ({p[1] / p[0]:.1%}), {m[0]:,} -> {m[1]:,} MACs "
+                      f"({m[1] / max(m[0], 1):.1%}); outputs moved by {self.output_error:.3g} of their scale "
+                      "(decomposition is lossy: this is reported, not verified)")
+        if self.accuracy:
+            console.print("validation accuracy: " + ", ".join(f"{k} {v:.2%}" for k, v in self.accuracy.items()))
+        if not self.layers:
+            console.print("no layer was decomposed (each one's reason is listed above)")
 
     def as_dict(self) -> dict:
         return {"method": self.method, "rank": self.rank, "params": list(self.params), "macs": list(self.macs),
@@ -60,7 +87,7 @@ def decompose(model: torch.nn.Module | ExportedProgram, example_input: torch.Ten
     `recalibrate` is False), then trained `epochs` with Adam at `lr`; the validation accuracy after
     each step is recorded in `accuracy` ("original", "decomposed", "recalibrated", "finetuned").
     """
-    from .training import evaluate, train
+    from ..homotopy.training import evaluate, train
 
     inputs = (example_input,)
     if isinstance(model, torch.nn.Module):
@@ -69,9 +96,9 @@ def decompose(model: torch.nn.Module | ExportedProgram, example_input: torch.Ten
     original = copy.deepcopy(gm)
     before_params, before_macs = total_params(gm), graph_macs(gm, infer_shapes(gm))
     layers: list[LayerReport] = []
-    result = low_rank_decomposition(gm, method, rank, report=layers)
+    # one round: the pass's own output (a Tucker core is a k x k conv) must not be factorized again
+    result = run_pipeline(gm, (partial(low_rank_decomposition, method=method, rank=rank, report=layers),), max_rounds=1)
     gm = result.module
-    gm.recompile()
     after_macs = graph_macs(gm, infer_shapes(gm))
     x = torch.randn(4, *example_input.shape[1:], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -1,0 +1,152 @@
+"""Graph helpers every pass uses: reading and adding constants, names, op counts, and one
+iterative walk over a node's inputs (graphs of any depth: no recursion)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.fx as fx
+
+from .errors import InputError
+
+aten = torch.ops.aten
+
+INPUTS_KEY = "foldpass_inputs"  # gm.meta: the example inputs the graph was traced with
+STATIC_KEY = "foldpass_static_batch"  # gm.meta: the batch size the graph is fixed to, or None
+
+# views and reshapes: batch-preserving ones are canonicalized at trace time; regions fold through them
+VIEW_OPS = frozenset({aten.view.default, aten._unsafe_view.default, aten.reshape.default})
+
+
+def ancestors(node: fx.Node, within: Callable[[fx.Node], bool] | None = None) -> set[fx.Node]:
+    """`node` and every node it reads, transitively (only through nodes `within` accepts, if given)."""
+    seen: set[fx.Node] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        stack.extend(a for a in n.all_input_nodes if within is None or within(a))
+    return seen
+
+
+def unique_name(owner: torch.nn.Module, hint: str) -> str:
+    """A fresh attribute name `_foldpass_<hint>_<n>` on `owner`."""
+    name = f"_foldpass_{hint}_{next(_counter)}"
+    while hasattr(owner, name):
+        name = f"_foldpass_{hint}_{next(_counter)}"
+    return name
+
+
+def pair(v) -> tuple[int, int]:
+    """An int or a 1- / 2-sequence (conv stride, padding, ...) as a pair."""
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(v)
+    return (int(v[0]), int(v[0])) if len(v) == 1 else (int(v[0]), int(v[1]))
+
+
+def random_like(shape, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    if dtype.is_floating_point:
+        return torch.randn(*shape, generator=gen, dtype=torch.float32).to(dtype)
+    raise InputError(f"input of dtype {dtype} is not supported: foldpass optimizes floating-point inputs")
+
+
+
+_counter = itertools.count()
+
+
+def inputs_of(gm: fx.GraphModule) -> tuple[torch.Tensor, ...]:
+    return gm.meta[INPUTS_KEY]
+
+
+def attr(gm: fx.GraphModule, target: str) -> Any:
+    """The object a get_attr node reads."""
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def add_constant(gm: fx.GraphModule, tensor: torch.Tensor, hint: str, before: fx.Node) -> fx.Node:
+    """Registers `tensor` as a buffer of gm and returns a get_attr node for it, inserted before `before`.
+
+    Its strides are kept (a materialized `W.t()` stays a transposed view of a row-major W), so an op
+    reading it runs the same kernel on the same memory layout: no arithmetic changes.
+    """
+    name = unique_name(gm, hint)
+    gm.register_buffer(name, tensor.detach().clone())
+    with gm.graph.inserting_before(before):
+        return gm.graph.get_attr(name)
+
+
+def constant_value(gm: fx.GraphModule, arg: Any) -> Any:
+    """The value of an argument if it is a constant (a literal or a get_attr tensor), else None."""
+    if isinstance(arg, fx.Node):
+        return attr(gm, arg.target) if arg.op == "get_attr" else None
+    return arg
+
+
+def drop_unused_attrs(gm: fx.GraphModule) -> None:
+    """Removes parameters, buffers and submodules no get_attr / call_module reads any more."""
+    gm.graph.eliminate_dead_code()
+    used = {n.target for n in gm.graph.nodes if n.op in ("get_attr", "call_module")}
+    for name, _ in list(itertools.chain(gm.named_parameters(), gm.named_buffers())):
+        if name not in used:
+            _delete_attr(gm, name)
+    for name, value in list(vars(gm).items()):
+        if isinstance(value, torch.Tensor) and name not in used and not name.startswith("_"):
+            delattr(gm, name)
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def _delete_attr(gm: fx.GraphModule, dotted: str) -> None:
+    *path, leaf = dotted.split(".")
+    owner = gm
+    for part in path:
+        owner = getattr(owner, part)
+    delattr(owner, leaf)
+
+
+def op_name(node: fx.Node) -> str:
+    """A short, stable name for a node's operation: 'convolution', 'add', 'getitem', ..."""
+    if node.op == "call_function":
+        target = node.target
+        if isinstance(target, torch._ops.OpOverload):
+            return target._schema.name.split("::")[-1]
+        return getattr(target, "__name__", str(target))
+    if node.op == "call_module":
+        return type(attr(node.graph.owning_module, node.target)).__name__
+    return node.op
+
+
+def compute_nodes(gm: fx.GraphModule) -> Iterable[fx.Node]:
+    return (n for n in gm.graph.nodes if n.op in ("call_function", "call_module", "call_method"))
+
+
+def count_ops(gm: fx.GraphModule) -> dict[str, int]:
+    """Histogram of operation names, getitem and sym_size left out (they are bookkeeping)."""
+    counts: dict[str, int] = {}
+    for node in compute_nodes(gm):
+        name = op_name(node)
+        if name in ("getitem", "sym_size"):
+            continue
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def count_params(gm: fx.GraphModule) -> int:
+    """Elements in the tensors the graph reads (parameters, buffers and folded constants)."""
+    seen, total = set(), 0
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and node.target not in seen:
+            seen.add(node.target)
+            value = attr(gm, node.target)
+            if isinstance(value, torch.Tensor):
+                total += value.numel()
+    return total

@@ -1,0 +1,21 @@
+"""The skip-connection homotopy (paper, Sections 4 and 5.3): blends whose weight t training drives
+to 0, the schedules, the training loop and its data. A side product built on the compiler core:
+the core never imports this package; `foldpass optimize` removes what is left at t == 0.
+
+    blend.py       Blend, MultiBlend, blend_residuals (the converter), set_t / get_t
+    schedules.py   t per epoch or step (paper, linear, cosine, exp, threshold, static)
+    training.py    the training loop (DDP under torchrun), checkpoints, export_pt2
+    data.py        the data sets (the 'train' extra)
+    recipe.py      train_homotopy(): all of the above in one call, as `foldpass train` runs it
+"""
+
+from .blend import Blend, MultiBlend, blend_residuals, blends, get_t, residual_roles, set_t
+from .data import DATASETS, load_dataset
+from .schedules import SCHEDULES, Schedule, make_schedule
+from .recipe import TrainResult, train_homotopy
+from .training import EpochLog, evaluate, export_pt2, init_distributed, train
+
+__all__ = [
+    "Blend", "DATASETS", "EpochLog", "MultiBlend", "SCHEDULES", "Schedule", "blend_residuals", "blends", "evaluate",
+    "export_pt2", "get_t", "init_distributed", "load_dataset", "make_schedule", "residual_roles", "set_t", "train", "TrainResult", "train_homotopy",
+]
