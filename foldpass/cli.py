@@ -234,6 +234,8 @@ def cmd_bench(args) -> int:
         raise InputError(f"--batch sizes must be at least 1; got '{args.batch}'")
     _positive(args.rounds, "--rounds")
     paths = _outputs(args, "--json", "--plot", inputs=args.models)
+    if args.plot:
+        foldpass.require("matplotlib", "plot")
     console = _console()
     res = foldpass.bench(args.models, provider=args.provider, batches=batches, rounds=args.rounds,
                          progress=console.is_terminal, peers=args.peers)

