@@ -35,6 +35,12 @@ def _add_optimize(sub) -> None:
     p.add_argument("--max-model-bytes", type=int, default=defaults.DEFAULT_MAX_MODEL_BYTES,
                    help="refuse an ONNX source (with its external data) larger than this (default 32 GiB)")
     p.add_argument("--pipeline", default="default", choices=defaults.PIPELINE_NAMES, help="which passes to run")
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=int, metavar="N", help="fix the batch size to N on purpose")
+    batch.add_argument("--dynamic-batch", dest="batch_mode", action="store_const", const="dynamic",
+                       help="require a dynamic batch (an error, with the reason, where the graph depends on it)")
+    batch.add_argument("--static-batch", dest="batch_mode", action="store_const", const="static",
+                       help="keep the batch as the source has it")
     p.add_argument("--set-t", type=float, metavar="VALUE", help="set every blend weight t to VALUE first")
     p.add_argument("--max-fold-bytes", type=int, default=defaults.DEFAULT_MAX_FOLD_BYTES,
                    help="largest Gemm weight a fold may create (default 256 MiB)")
@@ -205,6 +211,7 @@ def cmd_optimize(args) -> int:
     foldpass.check_options(set_t=args.set_t, max_fold_bytes=args.max_fold_bytes, rtol=args.rtol, atol=args.atol,
                            opset=args.opset)
     _positive(args.max_model_bytes, "--max-model-bytes")
+    _positive(args.batch, "--batch")
     console = _console()
     shape = foldpass.parse_input_shape(args.input_shape)
     with _status(console, "loading") as status:
@@ -212,7 +219,8 @@ def cmd_optimize(args) -> int:
         extra = foldpass.load_npy_inputs(args.inputs, source.inputs, source.static_batch) if args.inputs else []
         status.update("tracing and running passes")
         result = foldpass.optimize(source, pipeline=args.pipeline, set_t=args.set_t, max_fold_bytes=args.max_fold_bytes,
-                                   on_pass=lambda name: status.update(f"pass: {name}"))
+                                   on_pass=lambda name: status.update(f"pass: {name}"),
+                                   batch=args.batch or args.batch_mode or "auto")
         status.update("exporting ONNX and verifying under onnxruntime")
         result.save_onnx(paths["--output"], verify_output=not args.no_verify, rtol=args.rtol, atol=args.atol,
                          extra_inputs=extra, opset=args.opset, force=args.force)

@@ -127,6 +127,16 @@ def rename_io(model: onnx.ModelProto, inputs: list[str] | None, outputs: list[st
     return model
 
 
+def rename_batch_axis(model: onnx.ModelProto, name: str | None, exported_as: str = "batch") -> onnx.ModelProto:
+    """Gives the dynamic batch axis of the graph's inputs and outputs the source's own name."""
+    if name and name != exported_as:
+        for v in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+            for d in v.type.tensor_type.shape.dim:
+                if d.dim_param == exported_as:
+                    d.dim_param = name
+    return model
+
+
 def onnx_op_counts(model: onnx.ModelProto) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in model.graph.node:

@@ -48,6 +48,7 @@ class Source:
     output_names: list[str] | None = None
     opset: int | None = None  # the input's opset, for an ONNX source
     static_batch: int | None = None  # the source fixes its batch to this size
+    batch_name: str | None = None  # the name of the source's dynamic batch axis (ONNX dim_param), kept on output
     warnings: list[str] = field(default_factory=list)
 
 
@@ -126,10 +127,11 @@ def _load_onnx(path: str, input_shape: tuple[int, ...] | None, max_model_bytes: 
             notes.append(f"input '{name}': dynamic dims {dynamic} are fixed to the example's sizes; "
                          "only the batch stays dynamic")
     fixed = [dims[0] for _, dims, _ in specs if dims and isinstance(dims[0], int) and dims[0]]
+    names = [dims[0] for _, dims, _ in specs if dims and isinstance(dims[0], str)]
     module = OnnxModule(model, path).eval()
     return Source(module, tuple(inputs), path, path=path, reference=OrtReference(path),
                   input_names=module.input_names, output_names=module.output_names, opset=opset_of(model),
-                  static_batch=fixed[0] if fixed else None, warnings=notes)
+                  static_batch=fixed[0] if fixed else None, batch_name=names[0] if names else None, warnings=notes)
 
 
 def _require_file(path: str) -> None:

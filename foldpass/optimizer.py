@@ -17,14 +17,15 @@ from torch.export import ExportedProgram
 from .errors import InputError
 from .loading import Source
 from .outputs import check_outputs
-from .export import DEFAULT_OPSET, MIN_OPSET, check_opset, onnx_op_counts, rename_io, save_atomic, to_onnx
+from .export import (DEFAULT_OPSET, MIN_OPSET, check_opset, onnx_op_counts, rename_batch_axis, rename_io,
+                     save_atomic, to_onnx)
 from .blend_weight import set_t as _set_t
-from .graph import STATIC_KEY
-from .tracing import trace
+from .graph import INPUTS_KEY, STATIC_KEY
+from .tracing import BATCH_NOTE_KEY, trace
 from .passes import run_pipeline
 from .passes.affine_folding import DEFAULT_MAX_FOLD_BYTES
 from .report import GraphStats, Report
-from .verification import (DEFAULT_ATOL, DEFAULT_RTOL, Verification, check_tolerances, compare, output_tensors,
+from .verification import (LARGE_BATCH, DEFAULT_ATOL, DEFAULT_RTOL, Verification, check_tolerances, compare, output_tensors,
                      verification_inputs, verify)
 
 
@@ -40,11 +41,12 @@ class OptimizeResult:
     opset: int = DEFAULT_OPSET
     io_names: tuple[list[str] | None, list[str] | None] = (None, None)
     source_path: str | None = None  # the file the model was read from: never written over
+    batch_name: str | None = None  # the source's name for its batch axis
 
     def to_onnx(self, opset: int | None = None):
         model = to_onnx(self.module, self.inputs, opset=opset or self.opset,
                         dynamic_batch=self.report.static_batch is None)
-        return rename_io(model, *self.io_names)
+        return rename_batch_axis(rename_io(model, *self.io_names), self.batch_name)
 
     def save_onnx(self, path: str | os.PathLike, verify_output: bool = True, rtol: float = DEFAULT_RTOL,
                   atol: float = DEFAULT_ATOL, extra_inputs: list[tuple[torch.Tensor, ...]] = (),
@@ -63,7 +65,9 @@ class OptimizeResult:
 
         def gate(written: str) -> None:
             t0 = time.perf_counter()
-            cases = verification_inputs(self.inputs, self.report.static_batch, extra_inputs)
+            restored = self.report.batch.startswith("dynamic (restored")
+            cases = verification_inputs(self.inputs, self.report.static_batch, extra_inputs,
+                                        large_batch=LARGE_BATCH if restored else None)
             checked.append(verify(written, self.reference or self.original, cases, rtol=rtol, atol=atol))
             self.report.verification = checked[0].as_dict()
             self.report.timings["verify"] = time.perf_counter() - t0
@@ -82,6 +86,21 @@ class OptimizeResult:
             original = os.path.join(tmp, "original.onnx")
             save_atomic(to_onnx(self.original, self.inputs), original)
             return bench([original, written], ["original", "foldpass"], batches=batches, progress=progress)
+
+
+class PerSample(torch.nn.Module):
+    """Runs a module that only takes batch 1 on each sample of a batch: the reference for a
+    program whose batch foldpass made dynamic."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.inner = module
+
+    def forward(self, *inputs):
+        outs = [self.inner(*(x[i:i + 1] for x in inputs)) for i in range(inputs[0].shape[0])]
+        if isinstance(outs[0], torch.Tensor):
+            return torch.cat(outs)
+        return type(outs[0])(torch.cat(parts) for parts in zip(*outs))
 
 
 def _as_inputs(example) -> tuple[torch.Tensor, ...]:
@@ -112,17 +131,24 @@ def _prepare(model: torch.nn.Module, t: float | None, report_warnings: list[str]
 
 def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=None, *, pipeline: str = "default",
              set_t: float | None = None, max_fold_bytes: int = DEFAULT_MAX_FOLD_BYTES,
-             source: str | None = None, on_pass: Callable[[str], None] | None = None) -> OptimizeResult:
+             source: str | None = None, on_pass: Callable[[str], None] | None = None,
+             batch: str | int = "auto") -> OptimizeResult:
     """Traces `model`, runs the named pipeline to a fixed point, and reports what changed.
 
     `model`: an nn.Module, an ExportedProgram, or the `Source` that `load_source` returns (then
     `example_input` comes from it). `example_input`: a tensor (or tuple of tensors) with a batch
     dimension; its values do not matter.
+    `batch`: "auto" (dynamic where the model allows it; a .pt2 exported at a fixed batch gets a
+    dynamic one back when its graph does not depend on it), "dynamic" (an error where it cannot
+    be), "static" (as the source has it), or an int (fixed to that size on purpose).
     """
     from .passes import get_pipeline
 
     get_pipeline(pipeline)  # a bad name fails before any work
     check_options(set_t=set_t, max_fold_bytes=max_fold_bytes)
+    if not (batch in ("auto", "dynamic", "static") or isinstance(batch, int) and not isinstance(batch, bool) and batch > 0):
+        raise InputError(f"batch must be 'auto', 'dynamic', 'static' or a positive int; got {batch!r}")
+    mode = batch if isinstance(batch, str) else "auto"
     if not isinstance(model, Source):
         if example_input is None:
             raise InputError("example_input is required unless model is a Source from load_source")
@@ -136,16 +162,27 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
         if set_t is not None:
             raise InputError("set_t needs the module: an exported program's weights are fixed")
         original = src.model.module()
-        gm = trace(src.model, inputs)
+        gm = trace(src.model, inputs, mode)
     elif isinstance(src.model, torch.nn.Module):
         original = _prepare(src.model, set_t, report_warnings)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            gm = trace(original, inputs)
+            gm = trace(original, inputs, "static" if src.static_batch and mode != "dynamic" else mode)
     else:
         raise InputError(f"cannot optimize a {type(src.model).__name__}: expected an nn.Module or an ExportedProgram")
-    if src.static_batch:  # an ONNX input with a fixed batch keeps it
+    if src.static_batch and mode != "dynamic":  # an ONNX input with a fixed batch keeps it
         gm.meta[STATIC_KEY] = src.static_batch
+        gm.meta[BATCH_NOTE_KEY] = f"static: the ONNX input fixes its batch to {src.static_batch}"
+    restored = isinstance(src.model, ExportedProgram) and gm.meta[BATCH_NOTE_KEY].startswith("dynamic (restored")
+    if restored:  # the program only runs at its own batch: the reference runs it sample by sample
+        original = PerSample(original)
+    if isinstance(batch, int):
+        if gm.meta[STATIC_KEY] and gm.meta[STATIC_KEY] != batch:
+            raise InputError(f"batch {batch}: the model runs only at batch {gm.meta[STATIC_KEY]} "
+                             f"({gm.meta[BATCH_NOTE_KEY]})")
+        inputs = tuple(torch.cat([x[:1]] * batch) for x in inputs)
+        gm.meta[INPUTS_KEY], gm.meta[STATIC_KEY] = inputs, batch
+        gm.meta[BATCH_NOTE_KEY] = f"static: fixed to {batch} on request"
     timings["trace"] = time.perf_counter() - t0
     before = GraphStats.of(gm)
     t0 = time.perf_counter()
@@ -153,12 +190,14 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
     timings["passes"] = time.perf_counter() - t0
     optimized = result.module
     static = optimized.meta.get(STATIC_KEY)
-    if static:
-        report_warnings.append(f"the model fixes its batch size: optimized and exported with batch {static}")
+    batch_note = gm.meta.get(BATCH_NOTE_KEY, "dynamic")
+    if static and not isinstance(batch, int):
+        report_warnings.append(f"the batch stays fixed at {static}: {batch_note.removeprefix('static: ')}")
     report = Report(
         source=source or src.name or type(src.model).__name__, pipeline=pipeline,
         input_shapes=[list(x.shape) for x in inputs], before=before, after=GraphStats.of(optimized),
         notes=result.notes, rounds=result.rounds, static_batch=static, timings=timings, warnings=report_warnings,
+        batch=batch_note,
     )
     report.max_error = _max_error(optimized, original, inputs, static)
     opset = DEFAULT_OPSET
@@ -168,7 +207,8 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
         report_warnings.append(f"the input is opset {src.opset}: written as opset {DEFAULT_OPSET} "
                                f"(foldpass exports opset {MIN_OPSET} or newer)")
     return OptimizeResult(optimized, report, original, inputs, reference=src.reference, opset=opset,
-                          io_names=(src.input_names, src.output_names), source_path=src.path)
+                          io_names=(src.input_names, src.output_names), source_path=src.path,
+                          batch_name=src.batch_name)
 
 
 def check_options(set_t: float | None = None, max_fold_bytes: int | None = None, rtol: float | None = None,

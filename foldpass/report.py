@@ -38,6 +38,7 @@ class Report:
     notes: list[Note] = field(default_factory=list)
     rounds: int = 0
     static_batch: int | None = None
+    batch: str = "dynamic"  # how the batch came out, and why (tracing.BATCH_NOTE_KEY)
     max_error: float | None = None  # optimized fx module vs original, PyTorch
     verification: dict | None = None  # the ONNX gate, once save_onnx ran
     onnx_ops: dict[str, int] | None = None
@@ -56,7 +57,7 @@ class Report:
         stats = lambda s: {"ops": s.ops, "nodes": s.nodes, "params": s.params, "macs_per_sample": s.macs}  # noqa: E731
         return {
             "source": self.source, "pipeline": self.pipeline, "input_shapes": self.input_shapes,
-            "static_batch": self.static_batch, "rounds": self.rounds,
+            "static_batch": self.static_batch, "batch": self.batch, "rounds": self.rounds,
             "before": stats(self.before), "after": stats(self.after),
             "applied": [n.as_dict() for n in self.applied], "declined": [n.as_dict() for n in self.declined],
             "info": [n.as_dict() for n in self.notes if n.action == "info"],
@@ -90,6 +91,7 @@ class Report:
         if self.onnx_ops:
             table.add_row("ONNX ops", "", ", ".join(f"{k} x{v}" if v > 1 else k for k, v in self.onnx_ops.items()))
         console.print(table)
+        console.print(f"  batch    {self.batch}", highlight=False)
         for note in self.applied:
             console.print(f"  [green]applied[/]  {note.pass_name}: {note.message}")
         declined = self.declined

@@ -23,14 +23,35 @@ from .shapes import infer_shapes
 
 aten = torch.ops.aten
 
+BATCH_NOTE_KEY = "foldpass_batch_note"  # gm.meta: how the batch came out (dynamic, restored, static and why)
+_LAST_DYNAMIC_FAILURE: list[str] = []
 
 
-def trace(model: torch.nn.Module | ExportedProgram, inputs: tuple[torch.Tensor, ...]) -> fx.GraphModule:
-    """Returns the normalized GraphModule of `model` (an nn.Module in eval mode, or an ExportedProgram)."""
+
+def trace(model: torch.nn.Module | ExportedProgram, inputs: tuple[torch.Tensor, ...],
+          batch: str = "auto") -> fx.GraphModule:
+    """Returns the normalized GraphModule of `model` (an nn.Module in eval mode, or an ExportedProgram).
+
+    batch: "auto" -- dynamic where the model allows it; an ExportedProgram that fixes its batch only
+    because it was exported without dynamic_shapes gets a dynamic batch back (restore_dynamic_batch);
+    "dynamic" -- the same, but an error where the batch cannot be dynamic; "static" -- as traced.
+    What happened is in gm.meta[BATCH_NOTE_KEY].
+    """
     if isinstance(model, ExportedProgram):
         ep, static = model, _has_static_batch(model)
     else:
-        ep, static = _export(model, inputs)
+        ep, static = _export(model, inputs, dynamic=batch != "static")
+    gm = _normalize(ep, inputs, static)
+    gm.meta[BATCH_NOTE_KEY] = "dynamic" if not static else "static: the model fixes its batch size"
+    if static and batch != "static" and isinstance(model, ExportedProgram):
+        gm = restore_dynamic_batch(gm, inputs)
+    if batch == "dynamic" and gm.meta[STATIC_KEY]:
+        raise InputError(f"the batch cannot be dynamic: {gm.meta[BATCH_NOTE_KEY]}")
+    return gm
+
+
+def _normalize(ep: ExportedProgram, inputs: tuple[torch.Tensor, ...], static: bool) -> fx.GraphModule:
+    """run_decompositions -> .module() -> guards stripped, batch views canonicalized."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ep = ep.run_decompositions(_decompositions())
@@ -61,18 +82,22 @@ def batch_of_two(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in inputs)
 
 
-def _export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[ExportedProgram, bool]:
+def _export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
+            dynamic: bool = True) -> tuple[ExportedProgram, bool]:
     """Exports with a dynamic batch dimension; falls back to the example's static batch."""
-    batch = Dim("batch")
-    dynamic = tuple({0: batch} for _ in inputs)
+    if not dynamic:
+        dynamic = None
+    else:
+        dynamic = tuple({0: Dim("batch")} for _ in inputs)
     params = list(inspect.signature(model.forward).parameters.values())
-    if len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+    if dynamic and len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
         dynamic = (dynamic,)  # forward(*inputs): the specs nest like the arguments
     with quiet():
-        try:
-            return torch.export.export(model, batch_of_two(inputs), dynamic_shapes=dynamic, strict=False), False
-        except Exception:  # the model specializes its batch size: keep the example's
-            pass
+        if dynamic is not None:
+            try:
+                return torch.export.export(model, batch_of_two(inputs), dynamic_shapes=dynamic, strict=False), False
+            except Exception as exc:  # the model specializes its batch size: keep the example's
+                _LAST_DYNAMIC_FAILURE[:] = [_trace_hint(exc)]
         try:
             return torch.export.export(model, inputs, strict=False), True
         except Exception as exc:
@@ -149,3 +174,80 @@ def canonicalize_batch_views(gm: fx.GraphModule) -> bool:
         gm.graph.eliminate_dead_code()  # the sym_size nodes the views used
         gm.recompile()
     return changed
+
+
+def restore_dynamic_batch(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> fx.GraphModule:
+    """A program exported at a fixed batch (torch.export without dynamic_shapes specializes it) is
+    traced again with a dynamic batch, then checked: at batch 1 it must equal the program, and at
+    batch 3 each sample must equal that sample run alone. Where either fails, or torch.export cannot
+    make the batch dynamic, the static graph is kept and gm.meta[BATCH_NOTE_KEY] says why, naming the node.
+    """
+    _LAST_DYNAMIC_FAILURE.clear()
+    ep, static = _export(gm, inputs)
+    if static:
+        why = _LAST_DYNAMIC_FAILURE[0] if _LAST_DYNAMIC_FAILURE else "torch.export kept it fixed"
+        gm.meta[BATCH_NOTE_KEY] = f"static: the batch cannot be made dynamic ({why})"
+        return gm
+    new = _normalize(ep, inputs, static=False)
+    mixing = _batch_mixing_node(gm, new, inputs)
+    if mixing:
+        gm.meta[BATCH_NOTE_KEY] = f"static: {mixing}"
+        return gm
+    new.meta[BATCH_NOTE_KEY] = (f"dynamic (restored: the program was exported at batch {inputs[0].shape[0]}; "
+                                "checked sample by sample at batch 3)")
+    return new
+
+
+def _close(a, b) -> bool:
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape:
+        return False
+    scale = float(b.detach().abs().max()) if b.numel() else 0.0
+    return bool(torch.allclose(a.float(), b.float(), rtol=0, atol=1e-5 + 1e-4 * scale, equal_nan=True))
+
+
+def _batch_mixing_node(static_gm: fx.GraphModule, gm: fx.GraphModule, inputs) -> str | None:
+    """None if `gm` treats the samples of a batch independently (and equals static_gm at its batch),
+    else which node mixes them."""
+    gen = torch.Generator().manual_seed(7)
+    x1 = tuple(torch.randn(x.shape, generator=gen).to(x.dtype) for x in inputs)
+    with torch.no_grad():
+        if not all(_close(a, b) for a, b in zip(_flat(gm(*x1)), _flat(static_gm(*x1)))):
+            return "the re-traced graph differs from the program at its own batch size"
+        x3 = tuple(torch.randn(3, *x.shape[1:], generator=gen).to(x.dtype) for x in inputs)
+        together = _node_values(gm, x3)
+        alone = [_node_values(gm, tuple(x[i:i + 1] for x in x3)) for i in range(3)]
+    data = {n for n in gm.graph.nodes if n.op == "placeholder"}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or not any(a in data for a in node.all_input_nodes):
+            continue
+        data.add(node)
+        value = together.get(node.name)
+        if not isinstance(value, torch.Tensor):
+            continue
+        if value.dim() == 0 or value.shape[0] != 3:
+            return (f"{node.name} ({_op(node)}) reduces or reshapes across the batch axis (its output is "
+                    f"{list(value.shape)} at batch 3)")
+        if not all(_close(value[i:i + 1], alone[i].get(node.name)) for i in range(3)):
+            return f"{node.name} ({_op(node)}) mixes the samples of a batch"
+    return None
+
+
+def _op(node: fx.Node) -> str:
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def _flat(out):
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def _node_values(gm: fx.GraphModule, args) -> dict[str, object]:
+    values: dict[str, object] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            values[n.name] = out
+            return out
+
+    Recorder(gm).run(*args)
+    return values

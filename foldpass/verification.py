@@ -29,6 +29,7 @@ from .defaults import DEFAULT_ATOL, DEFAULT_RTOL
 from .errors import InputError, VerificationError, first_line
 
 VERIFY_BATCHES = (1, 3)
+LARGE_BATCH = 16  # also checked where foldpass made the batch dynamic itself
 STRUCTURED_BATCH = 2
 LARGE_MAGNITUDE = 100.0
 LOW_PRECISION_EPS = 8
@@ -85,10 +86,11 @@ def output_tensors(out):
 
 def verification_inputs(example: tuple[torch.Tensor, ...], static_batch: int | None,
                         extra: list[tuple[torch.Tensor, ...]] = (), seed: int = 1234,
-                        structured: bool = True) -> list[tuple[torch.Tensor, ...]]:
-    """Random normal inputs at each batch size, then zeros, ones and large ones (see the docstring)."""
+                        structured: bool = True, large_batch: int | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """Random normal inputs at each batch size (and `large_batch`, if given), then zeros, ones and
+    large ones (see the docstring)."""
     gen = torch.Generator().manual_seed(seed)
-    batches = (static_batch,) if static_batch else VERIFY_BATCHES
+    batches = (static_batch,) if static_batch else VERIFY_BATCHES + ((large_batch,) if large_batch else ())
     cases = [tuple(torch.randn(b, *x.shape[1:], generator=gen).to(x.dtype) for x in example) for b in batches]
     if structured:
         b = static_batch or STRUCTURED_BATCH

@@ -48,6 +48,6 @@ def test_readme_python_block_runs(code, tmp_path, monkeypatch):
 def test_every_option_the_readme_names_exists():
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict)).choices
-    known = {opt for sub in subparsers.values() for opt in sub._option_string_actions}
+    known = {opt for sub in subparsers.values() for opt in sub._option_string_actions} | set(parser._option_string_actions)
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README)) - {"--nproc-per-node"}  # torchrun's own
     assert named and not named - known, f"README names options the CLI lacks: {sorted(named - known)}"

@@ -1,0 +1,83 @@
+"""The batch of what foldpass writes (issue 17, part 1): a .pt2 exported the usual way (no
+dynamic_shapes: torch specializes the batch to 1) comes out with a dynamic batch, unless its graph
+really depends on the batch; --batch / --dynamic-batch / --static-batch; the user's axis names kept."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from foldpass.cli import main
+from models import linear_resnet34, randomize_batchnorm, resnet34
+
+
+class MixesTheBatch(nn.Module):
+    """Subtracts the batch mean: valid at any batch, but each output depends on the other samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        return self.conv(x - x.mean(dim=0, keepdim=True)).flatten(1)
+
+
+def exported_the_usual_way(model, path):
+    torch.export.save(torch.export.export(model.eval(), (torch.randn(1, 1, 28, 28),)), path)
+
+
+def run(path, batch):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    return session, session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize("name, model", [
+    ("linear ResNet34", lambda: randomize_batchnorm(linear_resnet34(width=2))),
+    ("ResNet34 at t = 0", lambda: randomize_batchnorm(resnet34(width=2, t=0.0))),
+])
+def test_a_pt2_exported_at_batch_1_gets_a_dynamic_batch(tmp_path, capsys, name, model):
+    model = model().eval()
+    src, out = tmp_path / "m.pt2", tmp_path / "m.onnx"
+    exported_the_usual_way(model, src)
+    assert main(["optimize", str(src), "-o", str(out)]) == 0
+    assert "restored" in capsys.readouterr().out
+    session, y = run(out, 64)
+    assert not isinstance(session.get_inputs()[0].shape[0], int) and y.shape[0] == 64
+    with torch.no_grad():
+        want = model(torch.from_numpy(np.random.default_rng(0).standard_normal((64, 1, 28, 28)).astype(np.float32)))
+    assert np.abs(y - want.numpy()).max() <= 1e-4 * np.abs(want.numpy()).max() + 1e-5
+
+
+def test_a_graph_that_mixes_the_batch_stays_static_and_says_where(tmp_path, capsys):
+    src, out = tmp_path / "m.pt2", tmp_path / "m.onnx"
+    exported_the_usual_way(MixesTheBatch(), src)
+    assert main(["optimize", str(src), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mean" in printed and "across the batch axis" in printed
+    assert onnx.load(out).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert main(["optimize", str(src), "-o", str(tmp_path / "d.onnx"), "--dynamic-batch"]) == 2
+    assert "cannot be dynamic" in capsys.readouterr().err and not (tmp_path / "d.onnx").exists()
+
+
+def test_static_batch_and_a_fixed_batch_on_request(tmp_path):
+    src = tmp_path / "m.pt2"
+    exported_the_usual_way(randomize_batchnorm(linear_resnet34(width=2)), src)
+    assert main(["optimize", str(src), "-o", str(tmp_path / "s.onnx"), "--static-batch"]) == 0
+    assert onnx.load(tmp_path / "s.onnx").graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert main(["optimize", str(src), "-o", str(tmp_path / "b.onnx"), "--batch", "8"]) == 0
+    assert onnx.load(tmp_path / "b.onnx").graph.input[0].type.tensor_type.shape.dim[0].dim_value == 8
+
+
+def test_the_onnx_batch_axis_keeps_its_name(tmp_path):
+    from foldpass.export import to_onnx
+
+    model = to_onnx(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()).eval(), (torch.randn(2, 1, 8, 8),))
+    for v in [*model.graph.input, *model.graph.output]:
+        v.type.tensor_type.shape.dim[0].dim_param = "n"
+    onnx.save(model, tmp_path / "in.onnx")
+    assert main(["optimize", str(tmp_path / "in.onnx"), "-o", str(tmp_path / "out.onnx")]) == 0
+    out = onnx.load(tmp_path / "out.onnx")
+    assert [v.type.tensor_type.shape.dim[0].dim_param for v in [*out.graph.input, *out.graph.output]] == ["n", "n"]
