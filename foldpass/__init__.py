@@ -25,6 +25,7 @@ from .errors import FoldpassError, InputError, PassError, VerificationError
 _API = {
     "Source": "loading", "load_source": "loading", "parse_input_shape": "loading", "load_npy_inputs": "loading",
     "optimize": "optimizer", "OptimizeResult": "optimizer", "check_options": "optimizer",
+    "optimize_onnx": "optimizer",
     "Report": "report", "trace": "tracing", "set_t": "blend_weight", "get_t": "blend_weight",
     "PIPELINES": "passes", "PassResult": "passes", "run_pipeline": "passes",
     "check_outputs": "outputs", "write_json": "outputs", "verify": "verification", "Verification": "verification",

@@ -102,24 +102,34 @@ def _looks_like_builder(source: str) -> bool:
 
 
 def _load_onnx(path: str, input_shape: tuple[int, ...] | None, max_model_bytes: int) -> Source:
-    from .onnx_import import OnnxModule, OrtReference, input_specs, load_onnx, opset_of
+    from .onnx_import import load_onnx
 
     _require_file(path)
-    model = load_onnx(path, max_model_bytes)
+    return onnx_source(load_onnx(path, max_model_bytes), input_shape, name=path, path=path)
+
+
+def onnx_source(model, input_shape: tuple[int, ...] | None = None, name: str = "<onnx model>",
+                path: str | None = None) -> Source:
+    """A Source for an ONNX model already in memory (onnx.ModelProto); its reference is the same
+    model under onnxruntime."""
+    from .onnx_import import OnnxModule, OrtReference, check_onnx, input_specs, opset_of
+
+    if path is None:
+        check_onnx(model, name)
     specs = input_specs(model)
     if input_shape is not None and len(specs) != 1:
-        raise InputError(f"{path}: input_shape gives one shape, the model has {len(specs)} inputs")
+        raise InputError(f"{name}: input_shape gives one shape, the model has {len(specs)} inputs")
     inputs, notes = [], []
     for name, dims, dtype in specs:
         if input_shape is not None:
             if len(input_shape) != len(dims) or any(isinstance(d, int) and d and d != s
                                                      for d, s in zip(dims[1:], input_shape[1:])):
-                raise InputError(f"{path}: input_shape {','.join(map(str, input_shape))} does not fit input "
+                raise InputError(f"{name}: input_shape {','.join(map(str, input_shape))} does not fit input "
                                  f"'{name}' of shape {dims}")
             shape = input_shape
         else:
             if any(not isinstance(d, int) or not d for d in dims[1:]):
-                raise InputError(f"{path}: input '{name}' has dynamic dims {dims}; give input_shape")
+                raise InputError(f"{name}: input '{name}' has dynamic dims {dims}; give input_shape")
             shape = (dims[0] if isinstance(dims[0], int) and dims[0] else 1, *dims[1:])
         inputs.append(random_like(shape, dtype))
         dynamic = [i for i, d in enumerate(dims) if i and not isinstance(d, int)]
@@ -129,7 +139,8 @@ def _load_onnx(path: str, input_shape: tuple[int, ...] | None, max_model_bytes: 
     fixed = [dims[0] for _, dims, _ in specs if dims and isinstance(dims[0], int) and dims[0]]
     names = [dims[0] for _, dims, _ in specs if dims and isinstance(dims[0], str)]
     module = OnnxModule(model, path).eval()
-    return Source(module, tuple(inputs), path, path=path, reference=OrtReference(path),
+    reference = OrtReference(path if path else model.SerializeToString())
+    return Source(module, tuple(inputs), name, path=path, reference=reference,
                   input_names=module.input_names, output_names=module.output_names, opset=opset_of(model),
                   static_batch=fixed[0] if fixed else None, batch_name=names[0] if names else None, warnings=notes)
 

@@ -359,12 +359,18 @@ def load_onnx(path: str, max_bytes: int | None = None) -> onnx.ModelProto:
         onnx.load_external_data_for_model(model, base)
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: cannot read its external data ({type(exc).__name__}: {first_line(exc)})") from exc
-    try:
-        onnx.checker.check_model(path if model.ByteSize() > 2**31 - 1 else model)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: the ONNX model does not pass onnx.checker: "
-                         f"{first_line(exc)}") from exc
+    check_onnx(model, path, path)
     return model
+
+
+def check_onnx(model: onnx.ModelProto, name: str, path: str | None = None) -> None:
+    """onnx.checker on the model (by path when it is over protobuf's 2 GB), or InputError."""
+    if not isinstance(model, onnx.ModelProto):
+        raise InputError(f"{name}: expected an onnx.ModelProto, got {type(model).__name__}")
+    try:
+        onnx.checker.check_model(path if path and model.ByteSize() > 2**31 - 1 else model)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{name}: the ONNX model does not pass onnx.checker: {first_line(exc)}") from exc
 
 
 def _external_locations(model: onnx.ModelProto) -> set[str]:
@@ -394,7 +400,7 @@ def opset_of(model: onnx.ModelProto) -> int:
 class OrtReference:
     """The input ONNX under onnxruntime (CPU), callable like a module: the verification gate's reference."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str | bytes):
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])

@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 from torch.export import ExportedProgram
 
-from .errors import InputError
+from .errors import InputError, VerificationError
 from .loading import Source
 from .outputs import check_outputs
 from .export import (DEFAULT_OPSET, MIN_OPSET, check_opset, onnx_op_counts, rename_batch_axis, rename_io,
@@ -236,3 +236,38 @@ def _max_error(optimized: fx.GraphModule, original: torch.nn.Module, inputs, sta
                 err, _, mismatch = compare(y.detach().float().numpy(), x.detach().float().numpy())
                 worst = max(worst, float("inf") if mismatch else err)
     return worst
+
+
+def optimize_onnx(model, *, check_n: int | None = None, inputs=(), pipeline: str = "default",
+                  rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
+                  max_fold_bytes: int = DEFAULT_MAX_FOLD_BYTES, batch: str | int = "auto",
+                  input_shape: tuple[int, ...] | None = None, opset: int | None = None):
+    """ONNX in, ONNX out, in memory (the onnx-simplifier idiom): returns (optimized ModelProto, Verification).
+
+    model: an onnx.ModelProto, or a path. The verification runs the optimized model and the input
+    model under onnxruntime on random inputs (`check_n` of them; default 2, at batch 1 and 3), the
+    zeros / ones / large inputs, and `inputs` (real data: arrays, or tuples of arrays for several
+    inputs, each with its batch). It is returned, not raised: check `verification.passed`.
+    Bad input (an unreadable model, an op foldpass cannot import) still raises InputError.
+    """
+    from .loading import load_source, onnx_source
+
+    check_options(rtol=rtol, atol=atol, opset=opset)
+    if check_n is not None and check_n < 0:
+        raise InputError(f"check_n must be 0 or more; got {check_n}")
+    source = load_source(os.fspath(model), input_shape) if isinstance(model, (str, os.PathLike)) \
+        else onnx_source(model, input_shape)
+    result = optimize(source, pipeline=pipeline, max_fold_bytes=max_fold_bytes, batch=batch)
+    proto = result.to_onnx(opset)
+    extra = [tuple(torch.as_tensor(a).to(x.dtype) for a, x in zip(case if isinstance(case, (tuple, list)) else (case,),
+                                                                  source.inputs))
+             for case in inputs]
+    cases = verification_inputs(source.inputs, result.report.static_batch, extra, random_cases=check_n)
+    try:
+        check = verify(proto, result.reference or result.original, cases, rtol=rtol, atol=atol)
+    except VerificationError as exc:
+        check = Verification(exc.max_abs_error if exc.max_abs_error is not None else float("nan"), 0.0,
+                             exc.tolerance if exc.tolerance is not None else float("nan"), len(cases),
+                             passed=False, message=str(exc))
+    result.report.verification = check.as_dict()
+    return proto, check

@@ -29,6 +29,7 @@ from .defaults import DEFAULT_ATOL, DEFAULT_RTOL
 from .errors import InputError, VerificationError, first_line
 
 VERIFY_BATCHES = (1, 3)
+_BATCH_CYCLE = (1, 3, 2, 4, 5, 8)
 LARGE_BATCH = 16  # also checked where foldpass made the batch dynamic itself
 STRUCTURED_BATCH = 2
 LARGE_MAGNITUDE = 100.0
@@ -56,13 +57,16 @@ class Verification:
     tolerance: float
     cases: int
     details: list[dict] = field(default_factory=list)
+    passed: bool = True
+    message: str = ""  # why it failed, when it did
 
     @property
     def relative_error(self) -> float:
         return self.max_abs_error / self.output_scale if self.output_scale else self.max_abs_error
 
     def as_dict(self) -> dict:
-        return {"max_abs_error": self.max_abs_error, "output_scale": self.output_scale, "tolerance": self.tolerance,
+        return {"passed": self.passed, "message": self.message,
+                "max_abs_error": self.max_abs_error, "output_scale": self.output_scale, "tolerance": self.tolerance,
                 "relative_error": self.relative_error, "cases": self.cases, "details": self.details}
 
 
@@ -86,11 +90,15 @@ def output_tensors(out):
 
 def verification_inputs(example: tuple[torch.Tensor, ...], static_batch: int | None,
                         extra: list[tuple[torch.Tensor, ...]] = (), seed: int = 1234,
-                        structured: bool = True, large_batch: int | None = None) -> list[tuple[torch.Tensor, ...]]:
+                        structured: bool = True, large_batch: int | None = None,
+                        random_cases: int | None = None) -> list[tuple[torch.Tensor, ...]]:
     """Random normal inputs at each batch size (and `large_batch`, if given), then zeros, ones and
-    large ones (see the docstring)."""
+    large ones (see the docstring). `random_cases` sets how many random inputs (batch sizes 1, 3,
+    2, 4, 5, 8, ... in turn; the default is VERIFY_BATCHES)."""
     gen = torch.Generator().manual_seed(seed)
-    batches = (static_batch,) if static_batch else VERIFY_BATCHES + ((large_batch,) if large_batch else ())
+    dynamic = VERIFY_BATCHES if random_cases is None else tuple(_BATCH_CYCLE[i % len(_BATCH_CYCLE)]
+                                                                 for i in range(random_cases))
+    batches = (static_batch,) * len(dynamic) if static_batch else dynamic + ((large_batch,) if large_batch else ())
     cases = [tuple(torch.randn(b, *x.shape[1:], generator=gen).to(x.dtype) for x in example) for b in batches]
     if structured:
         b = static_batch or STRUCTURED_BATCH
