@@ -30,7 +30,7 @@ _API = {
     "PIPELINES": "passes", "PassResult": "passes", "run_pipeline": "passes",
     "check_outputs": "outputs", "write_json": "outputs", "verify": "verification", "Verification": "verification",
     "bench": "benchmark", "BenchResult": "benchmark", "demo": "quickstart", "DemoResult": "quickstart",
-    "versions": "about", "require": "extras",
+    "versions": "about", "require": "extras", "info": "info", "Info": "info",
     # the side products
     "Blend": "homotopy", "MultiBlend": "homotopy", "blend_residuals": "homotopy", "make_schedule": "homotopy",
     "Schedule": "homotopy", "train": "homotopy",

@@ -49,6 +49,9 @@ def _add_optimize(sub) -> None:
     p.add_argument("--atol", type=float, default=defaults.DEFAULT_ATOL, help="verification atol")
     p.add_argument("--inputs", help=".npy file of extra inputs (with batch) for the verification gate")
     p.add_argument("--opset", type=int, help="ONNX opset (>= 18; default 18, or the input's for an .onnx source)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
+                   help="fp16: weights stored and computed in float16, float32 inputs and outputs (folding stays float64)")
+    p.add_argument("--fp16-io", action="store_true", help="with --precision fp16: float16 inputs and outputs too")
     p.add_argument("--report", help="also write the report as JSON to this file")
     p.add_argument("--explain", action="store_true", help="list every region and every rule's decision")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -135,6 +138,13 @@ class _Versions(argparse.Action):
         parser.exit()
 
 
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="what foldpass recorded in an ONNX file it wrote (source, checks, report)")
+    p.add_argument("model", help="an ONNX file written by foldpass")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.set_defaults(func=cmd_info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="foldpass", description="Fold trained CNNs into faster, verified ONNX.")
     parser.add_argument("--version", action=_Versions)
@@ -145,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_train(sub)
     _add_decompose(sub)
+    _add_info(sub)
     for command in sub.choices.values():  # --debug also after the command, where a user adds it on a rerun
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
@@ -212,6 +223,8 @@ def cmd_optimize(args) -> int:
                            opset=args.opset)
     _positive(args.max_model_bytes, "--max-model-bytes")
     _positive(args.batch, "--batch")
+    if args.fp16_io and args.precision != "fp16":
+        raise InputError("--fp16-io goes with --precision fp16")
     console = _console()
     shape = foldpass.parse_input_shape(args.input_shape)
     with _status(console, "loading") as status:
@@ -223,7 +236,8 @@ def cmd_optimize(args) -> int:
                                    batch=args.batch or args.batch_mode or "auto")
         status.update("exporting ONNX and verifying under onnxruntime")
         result.save_onnx(paths["--output"], verify_output=not args.no_verify, rtol=args.rtol, atol=args.atol,
-                         extra_inputs=extra, opset=args.opset, force=args.force)
+                         extra_inputs=extra, opset=args.opset, force=args.force, precision=args.precision,
+                         half_io=args.fp16_io)
     if args.report:
         result.report.to_json(paths["--report"], force=args.force)
     result.report.render(console, explain=args.explain)
@@ -303,6 +317,17 @@ def cmd_decompose(args) -> int:
     if args.report:
         foldpass.write_json(paths["--report"], result.as_dict(), force=args.force)
     console.print(f"wrote {args.output}; next: foldpass optimize {args.output} -o model.onnx")
+    return 0
+
+
+def cmd_info(args) -> int:
+    result = foldpass.info(args.model)
+    if args.json:
+        import json
+
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        result.render(_console())
     return 0
 
 

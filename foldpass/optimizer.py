@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import time
@@ -10,11 +11,15 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
+import onnx
 import torch
 import torch.fx as fx
 from torch.export import ExportedProgram
 
+from ._version import __version__
 from .errors import InputError, VerificationError
+from .precision import PRECISIONS, to_half
+from .provenance import sha256, stamp
 from .loading import Source
 from .outputs import check_outputs
 from .export import (DEFAULT_OPSET, MIN_OPSET, check_opset, onnx_op_counts, rename_batch_axis, rename_io,
@@ -25,7 +30,7 @@ from .tracing import BATCH_NOTE_KEY, trace
 from .passes import run_pipeline
 from .passes.affine_folding import DEFAULT_MAX_FOLD_BYTES
 from .report import GraphStats, Report
-from .verification import (LARGE_BATCH, DEFAULT_ATOL, DEFAULT_RTOL, Verification, check_tolerances, compare, output_tensors,
+from .verification import (LARGE_BATCH, DEFAULT_ATOL, effective_rtol, DEFAULT_RTOL, Verification, check_tolerances, compare, output_tensors,
                      verification_inputs, verify)
 
 
@@ -43,14 +48,36 @@ class OptimizeResult:
     source_path: str | None = None  # the file the model was read from: never written over
     batch_name: str | None = None  # the source's name for its batch axis
 
-    def to_onnx(self, opset: int | None = None):
-        model = to_onnx(self.module, self.inputs, opset=opset or self.opset,
-                        dynamic_batch=self.report.static_batch is None)
-        return rename_batch_axis(rename_io(model, *self.io_names), self.batch_name)
+    def to_onnx(self, opset: int | None = None, precision: str = "fp32", half_io: bool = False):
+        """The checked ONNX model in memory, with its provenance (provenance.py) stamped in.
+        precision "fp16": weights stored and computed in float16 (precision.py); half_io: float16 inputs
+        and outputs too (by default they stay float32, with a Cast at each edge)."""
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        module, inputs = self.module, self.inputs
+        if precision == "fp16":
+            module = to_half(self.module, half_io)
+            inputs = tuple(x.half() for x in inputs) if half_io else inputs
+        model = to_onnx(module, inputs, opset=opset or self.opset, dynamic_batch=self.report.static_batch is None)
+        model = rename_batch_axis(rename_io(model, *self.io_names), self.batch_name)
+        return stamp(model, self.module, self._metadata())
+
+    def _metadata(self) -> dict[str, str]:
+        meta = {"version": __version__, "pipeline": self.report.pipeline, "source": os.path.basename(self.report.source),
+                "batch": self.report.batch, "precision": self.report.precision}
+        if self.source_path and os.path.isfile(self.source_path):
+            meta["source_sha256"] = sha256(self.source_path)
+        if self.report.verification:
+            v = self.report.verification
+            meta.update(max_abs_error=f"{v['max_abs_error']:.6g}", tolerance=f"{v['tolerance']:.6g}",
+                        verified_cases=str(v["cases"]))
+        meta["report"] = json.dumps(self.report.as_dict())
+        return meta
 
     def save_onnx(self, path: str | os.PathLike, verify_output: bool = True, rtol: float = DEFAULT_RTOL,
                   atol: float = DEFAULT_ATOL, extra_inputs: list[tuple[torch.Tensor, ...]] = (),
-                  opset: int | None = None, force: bool = False) -> Verification | None:
+                  opset: int | None = None, force: bool = False, precision: str = "fp32",
+                  half_io: bool = False) -> Verification | None:
         """Exports to ONNX, checks the written file against the original under onnxruntime, then
         moves it into `path` (outputs.py's policy: never over the input, nor over an existing file
         unless force). On a failed check VerificationError is raised and `path` is left untouched.
@@ -58,7 +85,10 @@ class OptimizeResult:
         path = check_outputs({"output": os.fspath(path)}, [self.source_path], force)["output"]
         check_tolerances(rtol, atol)
         t0 = time.perf_counter()
-        model = self.to_onnx(opset)
+        model = self.to_onnx(opset, precision, half_io)
+        self.report.precision = precision + (" (float16 inputs and outputs)" if half_io else "")
+        if precision == "fp16":  # the float32 original computes more precisely than the file: fp16's tolerance
+            rtol = effective_rtol(rtol, torch.float16)
         self.report.timings["export"] = time.perf_counter() - t0
         self.report.onnx_ops = onnx_op_counts(model)
         checked: list[Verification] = []
@@ -71,6 +101,9 @@ class OptimizeResult:
             checked.append(verify(written, self.reference or self.original, cases, rtol=rtol, atol=atol))
             self.report.verification = checked[0].as_dict()
             self.report.timings["verify"] = time.perf_counter() - t0
+            stamped = onnx.load(written, load_external_data=False)  # the verified file also says how it was verified
+            stamp(stamped, self.module, self._metadata())
+            onnx.save(stamped, written)
 
         save_atomic(model, path, check=gate if verify_output else None, force=force)
         return checked[0] if checked else None

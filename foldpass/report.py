@@ -39,6 +39,7 @@ class Report:
     rounds: int = 0
     static_batch: int | None = None
     batch: str = "dynamic"  # how the batch came out, and why (tracing.BATCH_NOTE_KEY)
+    precision: str = "fp32"  # of the written ONNX
     max_error: float | None = None  # optimized fx module vs original, PyTorch
     verification: dict | None = None  # the ONNX gate, once save_onnx ran
     onnx_ops: dict[str, int] | None = None
@@ -57,7 +58,8 @@ class Report:
         stats = lambda s: {"ops": s.ops, "nodes": s.nodes, "params": s.params, "macs_per_sample": s.macs}  # noqa: E731
         return {
             "source": self.source, "pipeline": self.pipeline, "input_shapes": self.input_shapes,
-            "static_batch": self.static_batch, "batch": self.batch, "rounds": self.rounds,
+            "static_batch": self.static_batch, "batch": self.batch, "precision": self.precision,
+            "rounds": self.rounds,
             "before": stats(self.before), "after": stats(self.after),
             "applied": [n.as_dict() for n in self.applied], "declined": [n.as_dict() for n in self.declined],
             "info": [n.as_dict() for n in self.notes if n.action == "info"],

@@ -143,6 +143,7 @@ def verify(onnx_model: onnx.ModelProto | str, reference: torch.nn.Module, cases:
         raise VerificationError(f"cannot verify: onnxruntime (CPU) cannot load the optimized model: "
                                 f"{first_line(exc)}") from exc
     names = [i.name for i in session.get_inputs()]
+    half = [i.type == "tensor(float16)" for i in session.get_inputs()]
     worst_ratio, worst, details, dtype = -1.0, None, [], torch.float32
     for case in cases:
         with torch.no_grad():
@@ -151,7 +152,7 @@ def verify(onnx_model: onnx.ModelProto | str, reference: torch.nn.Module, cases:
         dtype = next((o.dtype for o in output_tensors(out)), dtype)
         tol_rtol = effective_rtol(rtol, dtype)
         try:
-            got = session.run(None, {n: x.numpy().copy() for n, x in zip(names, case)})
+            got = session.run(None, {n: (x.half() if h else x).numpy().copy() for n, x, h in zip(names, case, half)})
         except Exception as exc:  # noqa: BLE001
             raise VerificationError(f"cannot verify: onnxruntime (CPU) failed to run the optimized model: "
                                     f"{first_line(exc)}") from exc

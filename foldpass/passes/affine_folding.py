@@ -30,6 +30,7 @@ import torch.fx as fx
 from ..cost import gemm_macs
 from ..graph import add_constant, attr, drop_unused_attrs
 from ..shapes import ShapeInfo, infer_shapes
+from ..provenance import label, record, span
 from .base import Notes, PassResult
 from .constant_propagation import _materialize
 from ..rules.conv_merging import MergedConv, merged_conv, region_window
@@ -209,15 +210,16 @@ def affine_folding(gm: fx.GraphModule, max_fold_bytes: int = DEFAULT_MAX_FOLD_BY
             continue
         x, out = region.inputs[0], region.output
         in_info, out_info = shapes[x], shapes[out]
+        name = span(region.nodes)
         if option.kind == "conv":
-            _replace_with_conv(gm, region, option.conv, out_info)
+            _replace_with_conv(gm, region, option.conv, out_info, name)
         else:
             try:
                 w, b = affine_map(gm, region, in_info.sample_shape, out_info.sample_numel)
             except Exception as exc:  # noqa: BLE001
                 notes.declined(f"{region.describe()} kept: computing W failed ({type(exc).__name__}: {exc})", out.name)
                 continue
-            _replace_with_gemm(gm, region, w, b, in_info, out_info)
+            _replace_with_gemm(gm, region, w, b, in_info, out_info, name)
         folded += 1
         notes.applied(f"{region.describe()} -> {option.describe(in_info.sample_numel, out_info.sample_numel)}: "
                       f"{_fmt_macs(region.macs)} -> {_fmt_macs(option.macs)} MACs", out.name)
@@ -226,29 +228,35 @@ def affine_folding(gm: fx.GraphModule, max_fold_bytes: int = DEFAULT_MAX_FOLD_BY
     return PassResult(gm, folded > 0, notes)
 
 
-def _replace_with_conv(gm, region: Region, conv: MergedConv, out_info: ShapeInfo) -> None:
+def _replace_with_conv(gm, region: Region, conv: MergedConv, out_info: ShapeInfo, name: str) -> None:
     x, out = region.inputs[0], region.output
     dtype = out_info.dtype
     weight = add_constant(gm, conv.weight.to(dtype), "K", before=out)
     bias = add_constant(gm, conv.bias.to(dtype), "b", before=out)
+    label(gm, weight, name and f"{name}.weight")
+    label(gm, bias, name and f"{name}.bias")
     w = conv.window
     with gm.graph.inserting_before(out):
         y = gm.graph.call_function(aten.convolution.default, (x, weight, bias, list(w.stride), list(w.pad), [1, 1],
                                                               False, [0, 0], conv.groups))
+    record(gm, y, weight, NAME, f"{region.describe()} -> one convolution", name)
     out.replace_all_uses_with(y)
 
 
-def _replace_with_gemm(gm, region: Region, w, b, in_info: ShapeInfo, out_info: ShapeInfo) -> None:
+def _replace_with_gemm(gm, region: Region, w, b, in_info: ShapeInfo, out_info: ShapeInfo, name: str) -> None:
     x, out = region.inputs[0], region.output
     dtype = out_info.dtype
     graph = gm.graph
     wt = add_constant(gm, w.t().to(dtype).contiguous(), "W", before=out)
     bias = add_constant(gm, b.to(dtype), "B", before=out)
+    label(gm, wt, name and f"{name}.weight")
+    label(gm, bias, name and f"{name}.bias")
     with graph.inserting_before(out):
         flat = x
         if tuple(in_info.sample_shape) != (in_info.sample_numel,):
             flat = graph.call_function(aten.view.default, (x, [-1, in_info.sample_numel]))
         y = graph.call_function(aten.addmm.default, (bias, flat, wt))
+        record(gm, y, wt, NAME, f"{region.describe()} -> Gemm {in_info.sample_numel}->{out_info.sample_numel}", name)
         if tuple(out_info.sample_shape) != (out_info.sample_numel,):
             y = graph.call_function(aten.view.default, (y, [-1, *out_info.sample_shape]))
     out.replace_all_uses_with(y)

@@ -17,6 +17,7 @@ import torch.fx as fx
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from ..graph import add_constant, constant_value, drop_unused_attrs
+from ..provenance import joined, label, module_path, module_type, record
 from .base import Notes, PassResult
 
 NAME = "batchnorm_folding"
@@ -56,6 +57,10 @@ def _why_not(gm: fx.GraphModule, bn: fx.Node) -> str | None:
     return None
 
 
+def _described(node: fx.Node) -> str:
+    return f"{module_path(node)} ({module_type(node)})" if module_path(node) else node.name
+
+
 def batchnorm_folding(gm: fx.GraphModule) -> PassResult:
     """Replaces an eval-mode BN after a conv or linear by rescaled weights of that conv / linear."""
     notes = Notes(NAME)
@@ -87,6 +92,12 @@ def batchnorm_folding(gm: fx.GraphModule) -> PassResult:
             new_b = add_constant(gm, b2.to(dtype), "b", before=producer)
             producer.args = (new_b, producer.args[1], new_wt, *producer.args[3:])
         out.replace_all_uses_with(producer)
+        name = joined([producer, bn])
+        kind = "convolution" if producer.target == aten.convolution.default else "linear"
+        record(gm, producer, new_w if kind == "convolution" else new_wt, NAME, f"{_described(producer)} + {_described(bn)} -> one {kind} "
+                                   "(W' = W * gamma / sqrt(var + eps))", name)
+        label(gm, new_w if kind == "convolution" else new_wt, name and f"{name}.weight")
+        label(gm, new_b, name and f"{name}.bias")
         folded += 1
         kinds["conv" if producer.target == aten.convolution.default else "linear"] += 1
     if folded:

@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 
 from ..graph import add_constant, constant_value, drop_unused_attrs
+from ..provenance import joined, record
 from .base import Notes, PassResult
 
 NAME = "scale_folding"
@@ -91,6 +92,10 @@ def scale_folding(gm: fx.GraphModule) -> PassResult:
             args[0] = _scaled(gm, args[0], c, producer, (k,) if k > 1 else ())
             args[2] = _scaled(gm, args[2], c, producer, (1, k) if k > 1 else ())
         producer.args = tuple(args)
+        name = joined([producer]) and f"{joined([producer])}*scale"
+        weight = args[1] if producer.target == aten.convolution.default else args[2]
+        record(gm, producer, weight, NAME, f"{producer.name} * {node.name} (a constant factor) -> the weights scaled",
+               name)
         node.replace_all_uses_with(producer)
         gm.graph.erase_node(node)
         folded += 1
