@@ -28,7 +28,8 @@ def _add_trust(p) -> None:
 def _add_optimize(sub) -> None:
     p = sub.add_parser("optimize", help="trace a model, run the passes, write verified ONNX")
     p.add_argument("source", help="model.pt2 | model.onnx | model.pt (with --trust) | pkg.module:build")
-    p.add_argument("-o", "--output", required=True, help="the ONNX file to write")
+    p.add_argument("-o", "--output", required=True,
+                   help="the file to write: .onnx, or .pt2 (torch.export.save, for AOTInductor / ExecuTorch)")
     p.add_argument("--input-shape", help="example input shape with batch, e.g. 1,1,28,28 (required except for .pt2 / .onnx)")
     p.add_argument("--weights", help="state dict for pkg.module:build (loaded with weights_only=True)")
     _add_trust(p)
@@ -225,6 +226,8 @@ def cmd_optimize(args) -> int:
     _positive(args.batch, "--batch")
     if args.fp16_io and args.precision != "fp16":
         raise InputError("--fp16-io goes with --precision fp16")
+    if args.output.endswith(".pt2") and (args.precision != "fp32" or args.opset or args.bench):
+        raise InputError("--precision, --opset and --bench are for ONNX outputs; -o names a .pt2")
     console = _console()
     shape = foldpass.parse_input_shape(args.input_shape)
     with _status(console, "loading") as status:
@@ -234,10 +237,15 @@ def cmd_optimize(args) -> int:
         result = foldpass.optimize(source, pipeline=args.pipeline, set_t=args.set_t, max_fold_bytes=args.max_fold_bytes,
                                    on_pass=lambda name: status.update(f"pass: {name}"),
                                    batch=args.batch or args.batch_mode or "auto")
-        status.update("exporting ONNX and verifying under onnxruntime")
-        result.save_onnx(paths["--output"], verify_output=not args.no_verify, rtol=args.rtol, atol=args.atol,
-                         extra_inputs=extra, opset=args.opset, force=args.force, precision=args.precision,
-                         half_io=args.fp16_io)
+        if args.output.endswith(".pt2"):  # for AOTInductor / ExecuTorch: verified in PyTorch
+            status.update("exporting the program and verifying it in PyTorch")
+            result.save_pt2(paths["--output"], verify_output=not args.no_verify, rtol=args.rtol, atol=args.atol,
+                            extra_inputs=extra, force=args.force)
+        else:
+            status.update("exporting ONNX and verifying under onnxruntime")
+            result.save_onnx(paths["--output"], verify_output=not args.no_verify, rtol=args.rtol, atol=args.atol,
+                             extra_inputs=extra, opset=args.opset, force=args.force, precision=args.precision,
+                             half_io=args.fp16_io)
     if args.report:
         result.report.to_json(paths["--report"], force=args.force)
     result.report.render(console, explain=args.explain)

@@ -14,23 +14,26 @@ from typing import Callable
 import onnx
 import torch
 import torch.fx as fx
+from torch.export import Dim
 from torch.export import ExportedProgram
 
 from ._version import __version__
 from .errors import InputError, VerificationError
 from .precision import PRECISIONS, to_half
+from .outputs import atomic_write
 from .provenance import sha256, stamp
+from .quiet import quiet
 from .loading import Source
 from .outputs import check_outputs
 from .export import (DEFAULT_OPSET, MIN_OPSET, check_opset, onnx_op_counts, rename_batch_axis, rename_io,
                      save_atomic, to_onnx)
 from .blend_weight import set_t as _set_t
 from .graph import INPUTS_KEY, STATIC_KEY
-from .tracing import BATCH_NOTE_KEY, trace
+from .tracing import BATCH_NOTE_KEY, batch_of_two, trace
 from .passes import run_pipeline
 from .passes.affine_folding import DEFAULT_MAX_FOLD_BYTES
 from .report import GraphStats, Report
-from .verification import (LARGE_BATCH, DEFAULT_ATOL, effective_rtol, DEFAULT_RTOL, Verification, check_tolerances, compare, output_tensors,
+from .verification import (LARGE_BATCH, DEFAULT_ATOL, effective_rtol, verify_module, DEFAULT_RTOL, Verification, check_tolerances, compare, output_tensors,
                      verification_inputs, verify)
 
 
@@ -108,6 +111,31 @@ class OptimizeResult:
         save_atomic(model, path, check=gate if verify_output else None, force=force)
         return checked[0] if checked else None
 
+
+    def save_pt2(self, path: str | os.PathLike, verify_output: bool = True, rtol: float = DEFAULT_RTOL,
+                 atol: float = DEFAULT_ATOL, extra_inputs: list[tuple[torch.Tensor, ...]] = (),
+                 force: bool = False) -> Verification | None:
+        """Writes the optimized program with torch.export.save (dynamic batch as for ONNX), for
+        AOTInductor or ExecuTorch. The written file is loaded back and checked in PyTorch against the
+        original (the same inputs and tolerances as the ONNX gate) before it is moved into `path`."""
+        path = check_outputs({"output": os.fspath(path)}, [self.source_path], force)["output"]
+        check_tolerances(rtol, atol)
+        static = self.report.static_batch
+        dynamic = None if static else tuple({0: Dim("batch")} for _ in self.inputs)
+        with quiet():
+            program = torch.export.export(self.module, self.inputs if static else batch_of_two(self.inputs),
+                                          dynamic_shapes=dynamic, strict=False)
+        checked: list[Verification] = []
+
+        def gate(written: str) -> None:
+            with quiet():
+                loaded = torch.export.load(written).module()
+            cases = verification_inputs(self.inputs, static, extra_inputs)
+            checked.append(verify_module(loaded, self.reference or self.original, cases, rtol=rtol, atol=atol))
+            self.report.verification = checked[0].as_dict()
+
+        atomic_write(path, lambda tmp: torch.export.save(program, tmp), gate if verify_output else None, force)
+        return checked[0] if checked else None
 
     def bench(self, written: str, batches=(1, 64), progress: bool = False):
         """Times the original (exported as it is) against the written ONNX, interleaved (bench.py)."""

@@ -144,6 +144,31 @@ def verify(onnx_model: onnx.ModelProto | str, reference: torch.nn.Module, cases:
                                 f"{first_line(exc)}") from exc
     names = [i.name for i in session.get_inputs()]
     half = [i.type == "tensor(float16)" for i in session.get_inputs()]
+
+    def run(case):
+        try:
+            got = session.run(None, {n: (x.half() if h else x).numpy().copy() for n, x, h in zip(names, case, half)})
+        except Exception as exc:  # noqa: BLE001
+            raise VerificationError(f"cannot verify: onnxruntime (CPU) failed to run the optimized model: "
+                                    f"{first_line(exc)}") from exc
+        return got
+
+    return _compare_all(run, reference, cases, rtol, atol, "the ONNX model")
+
+
+def verify_module(module, reference, cases: list[tuple[torch.Tensor, ...]], rtol: float = DEFAULT_RTOL,
+                  atol: float = DEFAULT_ATOL) -> Verification:
+    """verify() for a PyTorch module (a written .pt2, a compiled graph) instead of an ONNX file."""
+
+    def run(case):
+        with torch.no_grad():
+            return _flatten(module(*(x.clone() for x in case)))
+
+    return _compare_all(run, reference, cases, rtol, atol, "the optimized module")
+
+
+def _compare_all(run, reference, cases, rtol: float, atol: float, what: str) -> Verification:
+    """Runs `run` and the reference on every case and compares each output (see the module docstring)."""
     worst_ratio, worst, details, dtype = -1.0, None, [], torch.float32
     for case in cases:
         with torch.no_grad():
@@ -151,13 +176,9 @@ def verify(onnx_model: onnx.ModelProto | str, reference: torch.nn.Module, cases:
         want = _flatten(out)
         dtype = next((o.dtype for o in output_tensors(out)), dtype)
         tol_rtol = effective_rtol(rtol, dtype)
-        try:
-            got = session.run(None, {n: (x.half() if h else x).numpy().copy() for n, x, h in zip(names, case, half)})
-        except Exception as exc:  # noqa: BLE001
-            raise VerificationError(f"cannot verify: onnxruntime (CPU) failed to run the optimized model: "
-                                    f"{first_line(exc)}") from exc
+        got = run(case)
         if len(got) != len(want):
-            raise VerificationError(f"the ONNX model has {len(got)} outputs, the original {len(want)}")
+            raise VerificationError(f"{what} has {len(got)} outputs, the original {len(want)}")
         for k, (w, g) in enumerate(zip(want, got)):
             err, scale, mismatch = compare(w, g)
             batch = int(case[0].shape[0]) if case and case[0].dim() else 0
