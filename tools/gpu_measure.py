@@ -40,11 +40,15 @@ PAPER_RTX2060 = {  # the paper's Table (RTX 2060, PyTorch, batch 64): us per ima
     "ResNet34 at t = 0": "106.83 -> 83.1",
     "6-layer CNN at t = 0": "30.72 -> 16.44",
 }
-CASES = {
-    "linear ResNet34": lambda w: models.linear_resnet34(width=w),
-    "3-layer CNN (linear, skip)": lambda w: models.CNN3(width=w, linear=True),
-    "ResNet34 at t = 0": lambda w: models.resnet34(width=w, t=0.0),
-    "6-layer CNN at t = 0": lambda w: models.CNN6(width=w, t=0.0),
+CASES = {  # name: (builder of width, input shape without the batch, batch sizes)
+    "linear ResNet34": (lambda w: models.linear_resnet34(width=w), (1, 28, 28), (64, 1)),
+    "3-layer CNN (linear, skip)": (lambda w: models.CNN3(width=w, linear=True), (1, 28, 28), (64, 1)),
+    "ResNet34 at t = 0": (lambda w: models.resnet34(width=w, t=0.0), (1, 28, 28), (64, 1)),
+    "6-layer CNN at t = 0": (lambda w: models.CNN6(width=w, t=0.0), (1, 28, 28), (64, 1)),
+}
+TORCHVISION = {  # --torchvision: standard zoo nets (random weights), 3 x 224 x 224
+    "torchvision resnet18": ("resnet18", (3, 224, 224), (8, 1)),
+    "torchvision mobilenet_v3_small": ("mobilenet_v3_small", (3, 224, 224), (8, 1)),
 }
 
 
@@ -122,16 +126,27 @@ def ort_cuda(model, optimized_result, x, tmp: str, rounds: int) -> dict:
                                                 for t in res.timings]}
 
 
-def measure(device: str, width: int, rounds: int, runs: int, compile_: bool, quick: bool) -> list[dict]:
+def cases(width: int, torchvision: bool):
+    for case, (build, shape, batches) in CASES.items():
+        yield case, lambda build=build: build(width), shape, batches
+    if torchvision:
+        import torchvision.models as tv
+
+        for case, (name, shape, batches) in TORCHVISION.items():
+            yield case, lambda name=name: getattr(tv, name)(), shape, batches
+
+
+def measure(device: str, width: int, rounds: int, runs: int, compile_: bool, quick: bool,
+            torchvision: bool = False) -> list[dict]:
     records = []
-    for case, build in CASES.items():
+    for case, build, shape, batches in cases(width, torchvision):
         torch.manual_seed(0)
-        model = models.randomize_batchnorm(build(width)).eval()
-        result = foldpass.optimize(model, torch.randn(1, 1, 28, 28))
+        model = models.randomize_batchnorm(build()).eval()
+        result = foldpass.optimize(model, torch.randn(1, *shape))
         optimized = result.module.to(device)
         model = model.to(device)
-        for batch in (64, 1):
-            x = torch.randn(batch, 1, 28, 28, device=device)
+        for batch in batches:
+            x = torch.randn(batch, *shape, device=device)
             timer = Timer(device)
             with torch.inference_mode():
                 fns, compile_s = variants(model, optimized, x, device, compile_, quick)
@@ -158,6 +173,10 @@ def environment(device: str) -> dict:
     env = {"date": date.today().isoformat(), "device": device, "torch": torch.__version__,
            "onnxruntime": ort.__version__, "foldpass": foldpass.__version__, "python": platform.python_version(),
            "machine": platform.machine()}
+    if not device.startswith("cuda"):
+        from foldpass.benchmark import _cpu_name
+
+        env["cpu"], env["cores"] = _cpu_name(), os.cpu_count()
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()
         env["cuda"] = torch.version.cuda
@@ -172,18 +191,26 @@ def environment(device: str) -> dict:
 
 
 def markdown(records: list[dict], env: dict) -> str:
-    where = env.get("gpu", env["device"])
+    where = env.get("gpu") or f"{env.get('cpu', env['device'])} ({env.get('cores', '?')} cores)"
     lines = [f"# The paper's cases on {where} (measured)", "",
              f"Measured {env['date']}: {where}" + (f", driver {env.get('driver')}, CUDA {env.get('cuda')}"
                                                    if "gpu" in env else "") +
              f", torch {env['torch']}, onnxruntime {env['onnxruntime']}, foldpass {env['foldpass']}. "
-             "Re-run: `python tools/gpu_measure.py`. us per image, medians over interleaved rounds.", "",
+             "Re-run: `python tools/gpu_measure.py" + ("`" if "gpu" in env else " --device cpu --torchvision`")
+             + ". us per image, medians over interleaved rounds; the paper's column is its RTX 2060 table.", "",
              "| case | batch | " + " | ".join(records[0]["us_per_image"]) + " | paper (RTX 2060, b64) |",
              "|---|---:|" + "---:|" * len(records[0]["us_per_image"]) + "---|"]
     for r in records:
-        paper = PAPER_RTX2060[r["case"]] if r["batch"] == 64 else ""
+        paper = PAPER_RTX2060.get(r["case"], "") if r["batch"] == 64 else ""
         lines.append(f"| {r['case']} | {r['batch']} | " + " | ".join(f"{v:.2f}" for v in r["us_per_image"].values())
                      + f" | {paper} |")
+    lines += ["", "Speed-up of foldpass (original's time / foldpass's, same mode):", "",
+              "| case | batch | eager | torch.compile |", "|---|---:|---:|---:|"]
+    for r in records:
+        us = r["us_per_image"]
+        compiled = (f"{us['original torch.compile'] / us['foldpass torch.compile']:.2f}x"
+                    if "foldpass torch.compile" in us else "")
+        lines.append(f"| {r['case']} | {r['batch']} | {us['original eager'] / us['foldpass eager']:.2f}x | {compiled} |")
     compiles = [r for r in records if r["compile_s"]]
     if compiles:
         lines += ["", "Compile time (s, first call): " + "; ".join(
@@ -192,6 +219,12 @@ def markdown(records: list[dict], env: dict) -> str:
     ort_notes = [r["onnxruntime"] for r in records if "onnxruntime" in r]
     if ort_notes:
         lines += ["", f"onnxruntime providers here: {ort_notes[0]['providers']}."]
+    if "gpu" not in env:  # what this CPU run showed; a GPU run is read afresh
+        lines += ["", "Reading: foldpass's GraphModule in eager PyTorch is the fastest form of every linear case (one Gemm); "
+                  "handing that one Gemm to inductor adds its call overhead (the compile column is slower than eager "
+                  "foldpass there). On the t = 0 nets the skip-free graph is faster in both modes. The torchvision nets "
+                  "(random weights) gain only what folding batch norm and re-parameterizing give (about 1.0x for "
+                  "resnet18). CPU timings of 2 cores move by several percent between runs; ratios within 5% are noise."]
     return "\n".join(lines) + "\n"
 
 
@@ -201,11 +234,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small widths, few rounds: a smoke run")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--out", default=DOCS, help="where results_<device>.md / .json go")
+    parser.add_argument("--torchvision", action="store_true", help="also torchvision's resnet18 and mobilenet_v3_small")
+    parser.add_argument("--docs-only", action="store_true", help="redraw the .md from the .json of an earlier run")
     args = parser.parse_args()
-    width, rounds, runs = (4, 2, 2) if args.quick else (64, 15, 20)
-    records = measure(args.device, width, rounds, runs, not args.no_compile, args.quick)
-    env = environment(args.device)
     stem = "results_cuda" if args.device.startswith("cuda") else "results_torch_cpu"
+    if args.docs_only:
+        with open(os.path.join(args.out, stem + ".json")) as f:
+            data = json.load(f)
+        with open(os.path.join(args.out, stem + ".md"), "w") as f:
+            f.write(markdown(data["records"], data["environment"]))
+        return
+    width, rounds, runs = (4, 2, 2) if args.quick else (64, 15, 20) if args.device.startswith("cuda") else (64, 7, 5)
+    records = measure(args.device, width, rounds, runs, not args.no_compile, args.quick, args.torchvision)
+    env = environment(args.device)
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump({"environment": env, "width": width, "records": records}, f, indent=2)
     with open(os.path.join(args.out, stem + ".md"), "w") as f:

@@ -80,7 +80,7 @@ def markdown(records: list[dict], env: dict, rounds: int) -> str:
         "",
         f"Measured {env['date']} on {env['cpu']} ({env['cores']} cores), onnxruntime {env['onnxruntime']} "
         f"({env['provider']}), torch {env['torch']}, Python {env['python']}. Re-run: "
-        "`python tools/measure_deployment.py` (about 5 minutes on 2 cores).",
+        "`python tools/measure_deployment.py` (about a minute on 2 cores).",
         "",
         "Each model (random weights and batch-norm statistics, 1 x 28 x 28, width "
         f"{records[0]['width']}) is exported the usual way, `torch.export.export(model, (torch.randn(1, 1, 28, 28),))`"
@@ -128,9 +128,9 @@ def main() -> None:
     args = parser.parse_args()
     width, rounds = (16, 3) if args.quick else (64, 9)
     records = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in CASES:
-            print(f"measuring {name} ...", flush=True)
+    for name in CASES:
+        print(f"measuring {name} ...", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
             records.append(measure(name, width, rounds, tmp))
     env = environment("CPUExecutionProvider")
     foldpass.write_json(os.path.join(args.out, "deployment.json"), {"environment": env, "records": records}, force=True)
