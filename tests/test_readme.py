@@ -49,5 +49,7 @@ def test_every_option_the_readme_names_exists():
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict)).choices
     known = {opt for sub in subparsers.values() for opt in sub._option_string_actions} | set(parser._option_string_actions)
+    tools = "".join(p.read_text() for p in (Path(__file__).parent.parent / "tools").glob("*.py"))
+    known |= set(re.findall(r'add_argument\("(--[a-z0-9-]+)"', tools))  # the README names the tools' flags too
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README)) - {"--nproc-per-node"}  # torchrun's own
     assert named and not named - known, f"README names options the CLI lacks: {sorted(named - known)}"
