@@ -209,10 +209,12 @@ _LEADING = ("rank", "inputs", "weights", "opset")  # only where the message star
 
 
 def _as_flags(message: str) -> str:
+    """Library parameter names as this command line's flags, where they stand as words (not inside a path)."""
     for param, flag in _FLAGS.items():
-        message = message.replace(param, flag)
-    message = re.sub(r"(?<![\w-])(" + "|".join(_PARAMS) + r")\b", lambda m: "--" + m.group(1).replace("_", "-"), message)
-    return re.sub(r"^(" + "|".join(_LEADING) + r")\b", r"--\1", message)
+        message = re.sub(r"(^|(?<=\s))" + re.escape(param) + r"(?=[\s:;,.)]|$)", flag, message)
+    message = re.sub(r"(^|(?<=\s))(" + "|".join(_PARAMS) + r")(?=[\s:;,.)=]|$)",
+                     lambda m: "--" + m.group(2).replace("_", "-"), message)
+    return re.sub(r"^(" + "|".join(_LEADING) + r")(?=[\s:])", r"--\1", message)
 
 
 # ----------------------------------------------------------------------------- commands

@@ -50,6 +50,7 @@ class OptimizeResult:
     io_names: tuple[list[str] | None, list[str] | None] = (None, None)
     source_path: str | None = None  # the file the model was read from: never written over
     batch_name: str | None = None  # the source's name for its batch axis
+    _source_sha256: str | None = field(default=None, repr=False)
 
     def to_onnx(self, opset: int | None = None, precision: str = "fp32", half_io: bool = False):
         """The checked ONNX model in memory, with its provenance (provenance.py) stamped in.
@@ -69,7 +70,9 @@ class OptimizeResult:
         meta = {"version": __version__, "pipeline": self.report.pipeline, "source": os.path.basename(self.report.source),
                 "batch": self.report.batch, "precision": self.report.precision}
         if self.source_path and os.path.isfile(self.source_path):
-            meta["source_sha256"] = sha256(self.source_path)
+            if self._source_sha256 is None:  # hashed once: the metadata is stamped twice per save
+                self._source_sha256 = sha256(self.source_path)
+            meta["source_sha256"] = self._source_sha256
         if self.report.verification:
             v = self.report.verification
             meta.update(max_abs_error=f"{v['max_abs_error']:.6g}", tolerance=f"{v['tolerance']:.6g}",
