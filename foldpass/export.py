@@ -26,6 +26,7 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
     if isinstance(module, fx.GraphModule):
         for m in module.modules():
             m.training = False
+        broadcast_copy_sources(module)
     with quiet():
         try:
             program = torch.onnx.export(module, batch_of_two(inputs) if dynamic_batch else inputs, dynamo=True, opset_version=opset,
@@ -47,6 +48,33 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
             hint = " (bfloat16: most ONNX ops take it only from opset 22; cast the model to float32 or float16)"
         raise FoldpassError(f"the exported ONNX does not pass onnx.checker: {first_line(exc)}{hint}") from exc
     return model
+
+
+def broadcast_copy_sources(gm: fx.GraphModule) -> int:
+    """copy(dst, src) with a smaller src  ->  copy(dst, expand(src, dst.shape)): the same values.
+
+    torch.onnx (2.14) writes aten.copy as Identity(src) and drops the broadcast; a 0-dim src then
+    reaches ops that expect dst's shape (torchvision's Swin builds its attention mask this way, and
+    its export failed onnx.checker with "Transpose: invalid attribute perm {1, 0}"). Returns how
+    many copies it rewrote (in place; the graph computes what it computed)."""
+    aten = torch.ops.aten
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.copy.default:
+            continue
+        dst, src = node.args[0], node.args[1]
+        want = dst.meta.get("val") if isinstance(dst, fx.Node) else None
+        have = src.meta.get("val") if isinstance(src, fx.Node) else None
+        if want is None or have is None or tuple(want.shape) == tuple(have.shape):
+            continue
+        with gm.graph.inserting_before(node):
+            expanded = gm.graph.call_function(aten.expand.default, (src, list(want.shape)))
+        expanded.meta["val"] = want
+        node.args = (dst, expanded, *node.args[2:])
+        count += 1
+    if count:
+        gm.recompile()
+    return count
 
 
 def check_opset(opset: int) -> None:

@@ -140,3 +140,24 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     with pytest.raises(FoldpassError, match="No space left"):
         result.save_onnx(out, force=True)
     assert out.read_bytes() == b"precious" and [p.name for p in tmp_path.iterdir()] == ["o.onnx"]
+
+
+class SwinBlock(torch.nn.Module):
+    """torchvision's shifted-window attention on a small map: its mask is built by copying python ints
+    into slices (aten.copy of a 0-dim tensor), which torch.onnx wrote without the broadcast."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+        self.attn = ShiftedWindowAttention(dim=8, window_size=[4, 4], shift_size=[2, 2], num_heads=2)
+
+    def forward(self, x):
+        return self.attn(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("pipeline", ["none", "default"])
+def test_a_swin_shaped_block_exports_and_verifies(tmp_path, pipeline):
+    result = foldpass.optimize(SwinBlock().eval(), torch.randn(1, 8, 8, 8), pipeline=pipeline)
+    check = result.save_onnx(tmp_path / "swin.onnx")
+    assert check.max_abs_error <= check.tolerance
