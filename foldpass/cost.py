@@ -41,7 +41,7 @@ def node_macs(node: fx.Node, shapes: dict[fx.Node, ShapeInfo]) -> int:
         if node.args[6]:  # transposed: every input element meets C_out / groups * prod(kernel) weights
             return _numel(shapes[node.args[0]].shape) * w_shape[1] * _numel(w_shape[2:]) // batch
         return out * w_shape[1] * _numel(w_shape[2:]) // batch
-    if name in ("addmm", "mm", "bmm"):
+    if name in ("addmm", "mm", "bmm", "matmul"):
         a = node.args[1] if name == "addmm" else node.args[0]
         return out * _attr_or_value_shape(a, shapes)[-1] // batch
     if name == "avg_pool2d":

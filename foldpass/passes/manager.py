@@ -1,12 +1,13 @@
 """The pass manager: named pipelines, run to a fixed point, the graph linted after every pass.
 
-    default    = constant_propagation, zero_skip_elimination, batchnorm_folding, scale_folding,
-                 linear_region_detection, affine_folding(max_fold_bytes)
+    default    = constant_propagation, zero_skip_elimination, broadcast_matmul, batchnorm_folding,
+                 scale_folding, linear_region_detection, affine_folding(max_fold_bytes)
     skips-only = constant_propagation, zero_skip_elimination
 
 The order matters. Constant propagation comes first: it turns `1 - t`, `t / K` and `w[1]` into
 constants, and only then can zero-skip elimination see `(1 - t) * b + t * s` with t == 0 as
-`1 * b + 0 * s`. Batch norm folds into its conv, and scalar scales (a blend's leftover
+`1 * b + 0 * s`. broadcast_matmul needs to know the weights are constants (it reads the same
+constant analysis) and goes before the folds that read matmuls as regions. Batch norm folds into its conv, and scalar scales (a blend's leftover
 `1 / (1 - t0)`) into theirs, before the regions are measured, so that a region's cost is that of
 the convs that will really run. Region detection reports; affine folding rewrites.
 
@@ -29,6 +30,7 @@ from ..errors import FoldpassError, InputError, PassError
 from .affine_folding import affine_folding
 from .base import Note, PassResult
 from .batchnorm_folding import batchnorm_folding
+from .broadcast_matmul import broadcast_matmul
 from .constant_propagation import constant_propagation
 from .linear_regions import linear_region_detection
 from .scale_folding import scale_folding
@@ -37,7 +39,7 @@ from .zero_skip_elimination import zero_skip_elimination
 Pass = Callable[..., PassResult]
 
 PIPELINES: dict[str, tuple[Pass, ...]] = {
-    "default": (constant_propagation, zero_skip_elimination, batchnorm_folding, scale_folding,
+    "default": (constant_propagation, zero_skip_elimination, broadcast_matmul, batchnorm_folding, scale_folding,
                 linear_region_detection, affine_folding),
     "skips-only": (constant_propagation, zero_skip_elimination),
     "none": (),
