@@ -24,7 +24,6 @@ from .shapes import infer_shapes
 aten = torch.ops.aten
 
 BATCH_NOTE_KEY = "foldpass_batch_note"  # gm.meta: how the batch came out (dynamic, restored, static and why)
-_LAST_DYNAMIC_FAILURE: list[str] = []
 
 
 
@@ -40,7 +39,7 @@ def trace(model: torch.nn.Module | ExportedProgram, inputs: tuple[torch.Tensor, 
     if isinstance(model, ExportedProgram):
         ep, static = model, _has_static_batch(model)
     else:
-        ep, static = _export(model, inputs, dynamic=batch != "static")
+        ep, static, _ = _export(model, inputs, dynamic=batch != "static")
     gm = _normalize(ep, inputs, static)
     gm.meta[BATCH_NOTE_KEY] = "dynamic" if not static else "static: the model fixes its batch size"
     if static and batch != "static" and isinstance(model, ExportedProgram):
@@ -83,23 +82,23 @@ def batch_of_two(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
 
 
 def _export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
-            dynamic: bool = True) -> tuple[ExportedProgram, bool]:
-    """Exports with a dynamic batch dimension; falls back to the example's static batch."""
-    if not dynamic:
-        dynamic = None
-    else:
-        dynamic = tuple({0: Dim("batch")} for _ in inputs)
-    params = list(inspect.signature(model.forward).parameters.values())
-    if dynamic and len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
-        dynamic = (dynamic,)  # forward(*inputs): the specs nest like the arguments
-    with quiet():
-        if dynamic is not None:
+            dynamic: bool = True) -> tuple[ExportedProgram, bool, str | None]:
+    """(program, static, why the batch could not be dynamic): exports with a dynamic batch dimension,
+    and falls back to the example's static batch."""
+    why = None
+    if dynamic:
+        shapes = tuple({0: Dim("batch")} for _ in inputs)
+        params = list(inspect.signature(model.forward).parameters.values())
+        if len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+            shapes = (shapes,)  # forward(*inputs): the specs nest like the arguments
+        with quiet():
             try:
-                return torch.export.export(model, batch_of_two(inputs), dynamic_shapes=dynamic, strict=False), False
+                return torch.export.export(model, batch_of_two(inputs), dynamic_shapes=shapes, strict=False), False, None
             except Exception as exc:  # the model specializes its batch size: keep the example's
-                _LAST_DYNAMIC_FAILURE[:] = [_trace_hint(exc)]
+                why = _trace_hint(exc)
+    with quiet():
         try:
-            return torch.export.export(model, inputs, strict=False), True
+            return torch.export.export(model, inputs, strict=False), True, why
         except Exception as exc:
             raise InputError(f"cannot trace the model with torch.export: {_trace_hint(exc)}") from exc
 
@@ -182,10 +181,9 @@ def restore_dynamic_batch(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) 
     batch 3 each sample must equal that sample run alone. Where either fails, or torch.export cannot
     make the batch dynamic, the static graph is kept and gm.meta[BATCH_NOTE_KEY] says why, naming the node.
     """
-    _LAST_DYNAMIC_FAILURE.clear()
-    ep, static = _export(gm, inputs)
+    ep, static, why = _export(gm, inputs)
     if static:
-        why = _LAST_DYNAMIC_FAILURE[0] if _LAST_DYNAMIC_FAILURE else "torch.export kept it fixed"
+        why = why or "torch.export kept it fixed"
         gm.meta[BATCH_NOTE_KEY] = f"static: the batch cannot be made dynamic ({why})"
         return gm
     new = _normalize(ep, inputs, static=False)
