@@ -212,12 +212,25 @@ def test_a_zip_that_is_not_a_torch_archive_is_one_line(tmp_path, capsys):
 
 
 def test_the_working_directory_cannot_shadow_foldpass_imports(tmp_path):
-    (tmp_path / "onnx_graphsurgeon.py").write_text("open('shadowed', 'w').write('ran')\n")
-    (tmp_path / "mymodel.py").write_text("import torch\ndef build():\n    return torch.nn.Linear(4, 2)\n")
-    run = subprocess.run([sys.executable, "-m", "foldpass", "optimize", "mymodel:build", "-o", "o.onnx",
-                          "--input-shape", "1,4"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    """Modules planted in the cwd, named like foldpass's own imports, never run: not under
+    `python -m foldpass` (which puts the cwd first), not through a user module's import."""
+    for name in ("rich", "onnxruntime", "onnx_graphsurgeon"):
+        (tmp_path / f"{name}.py").write_text(f"open('shadowed-{name}', 'w').write('ran')\n")
+    (tmp_path / "m.onnx").write_bytes(small_onnx())
+    run = subprocess.run([sys.executable, "-m", "foldpass", "bench", "m.onnx", "--batch", "1", "--rounds", "1",
+                          "--json", "b.json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert not (tmp_path / "shadowed").exists() and (tmp_path / "o.onnx").exists()
+    assert not list(tmp_path.glob("shadowed-*")) and (tmp_path / "b.json").exists()
+
+
+def test_a_user_module_is_found_in_the_working_directory_after_the_installed_packages(tmp_path, monkeypatch):
+    from foldpass.loading import import_user_module
+
+    (tmp_path / "mymodel_cwd.py").write_text("def build():\n    return 42\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert import_user_module("mymodel_cwd").build() == 42
+    assert sys.path[-1] == str(tmp_path)  # appended: every installed package comes first
 
 
 def test_a_missing_file_with_a_colon_is_not_a_module(tmp_path, capsys):
@@ -311,7 +324,9 @@ def test_a_file_that_appears_meanwhile_is_not_replaced(tmp_path):
     assert target.read_text() == "theirs" and [p.name for p in tmp_path.iterdir()] == ["o.txt"]
 
 
-def test_sigterm_leaves_no_temporary_file(tmp_path, pt2):
+def test_sigterm_leaves_no_temporary_file(tmp_path):
+    """SIGTERM while a file is half written (here bench's --json): exit 143, no temporary file left."""
+    (tmp_path / "m.onnx").write_bytes(small_onnx())
     code = ("import sys, time, foldpass.outputs as o\n"
             "real = o.atomic_write\n"
             "def slow(path, write, check=None, force=False):\n"
@@ -320,14 +335,15 @@ def test_sigterm_leaves_no_temporary_file(tmp_path, pt2):
             "    return real(path, w, check, force)\n"
             "o.atomic_write = slow\n"
             "from foldpass.cli import main\n"
-            f"sys.exit(main(['optimize', {str(pt2)!r}, '-o', {str(tmp_path / 'o.onnx')!r}]))\n")
+            f"sys.exit(main(['bench', {str(tmp_path / 'm.onnx')!r}, '--batch', '1', '--rounds', '1', "
+            f"'--json', {str(tmp_path / 'b.json')!r}]))\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if "WRITING" in line:
             break
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
 def test_a_closed_stdout_pipe_is_quiet(tmp_path):
