@@ -11,11 +11,10 @@ import torch.fx as fx
 from torch.export import Dim
 
 from ._version import __version__
+from .defaults import DEFAULT_OPSET, MIN_OPSET
 from .errors import FoldpassError, InputError, first_line
-from .tracing import batch_of_two
 from .quiet import quiet
-
-from .defaults import DEFAULT_OPSET, MIN_OPSET  # noqa: E402
+from .tracing import batch_of_two
 
 
 def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: int = DEFAULT_OPSET,

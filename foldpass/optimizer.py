@@ -14,27 +14,25 @@ from typing import Callable
 import onnx
 import torch
 import torch.fx as fx
-from torch.export import Dim
-from torch.export import ExportedProgram
+from torch.export import Dim, ExportedProgram
 
 from ._version import __version__
+from .blend_weight import set_t as _set_t
+from .defaults import DEFAULT_MAX_FOLD_BYTES
 from .errors import InputError, VerificationError
-from .precision import PRECISIONS, to_half
-from .outputs import atomic_write
-from .provenance import sha256, stamp
-from .quiet import quiet
-from .loading import Source
-from .outputs import check_outputs
 from .export import (DEFAULT_OPSET, MIN_OPSET, check_opset, onnx_op_counts, rename_batch_axis, rename_io,
                      save_atomic, to_onnx)
-from .blend_weight import set_t as _set_t
 from .graph import INPUTS_KEY, STATIC_KEY
-from .tracing import BATCH_NOTE_KEY, batch_of_two, trace
+from .loading import Source
+from .outputs import atomic_write, check_outputs
 from .passes import run_pipeline
-from .passes.affine_folding import DEFAULT_MAX_FOLD_BYTES
+from .precision import PRECISIONS, to_half
+from .provenance import sha256, stamp
+from .quiet import quiet
 from .report import GraphStats, Report
-from .verification import (LARGE_BATCH, DEFAULT_ATOL, effective_rtol, verify_module, DEFAULT_RTOL, Verification, check_tolerances, compare, output_tensors,
-                     verification_inputs, verify)
+from .tracing import BATCH_NOTE_KEY, batch_of_two, trace
+from .verification import (DEFAULT_ATOL, DEFAULT_RTOL, LARGE_BATCH, Verification, check_tolerances, compare,
+                           effective_rtol, output_tensors, verification_inputs, verify, verify_module)
 
 
 @dataclass
@@ -101,10 +99,8 @@ class OptimizeResult:
 
         def gate(written: str) -> None:
             t0 = time.perf_counter()
-            restored = self.report.batch.startswith("dynamic (restored")
-            cases = verification_inputs(self.inputs, self.report.static_batch, extra_inputs,
-                                        large_batch=LARGE_BATCH if restored else None)
-            checked.append(verify(written, self.reference or self.original, cases, rtol=rtol, atol=atol))
+            checked.append(verify(written, self.reference or self.original, self.gate_inputs(extra_inputs),
+                                  rtol=rtol, atol=atol))
             self.report.verification = checked[0].as_dict()
             self.report.timings["verify"] = time.perf_counter() - t0
             stamped = onnx.load(written, load_external_data=False)  # the verified file also says how it was verified
@@ -114,6 +110,12 @@ class OptimizeResult:
         save_atomic(model, path, check=gate if verify_output else None, force=force)
         return checked[0] if checked else None
 
+    def gate_inputs(self, extra_inputs=(), random_cases: int | None = None) -> list[tuple[torch.Tensor, ...]]:
+        """The inputs every check of this result runs on (verification.verification_inputs), at batch
+        LARGE_BATCH too where foldpass made the batch dynamic itself."""
+        restored = self.report.batch.startswith("dynamic (restored")
+        return verification_inputs(self.inputs, self.report.static_batch, extra_inputs, random_cases=random_cases,
+                                   large_batch=LARGE_BATCH if restored else None)
 
     def save_pt2(self, path: str | os.PathLike, verify_output: bool = True, rtol: float = DEFAULT_RTOL,
                  atol: float = DEFAULT_ATOL, extra_inputs: list[tuple[torch.Tensor, ...]] = (),
@@ -133,8 +135,8 @@ class OptimizeResult:
         def gate(written: str) -> None:
             with quiet():
                 loaded = torch.export.load(written).module()
-            cases = verification_inputs(self.inputs, static, extra_inputs)
-            checked.append(verify_module(loaded, self.reference or self.original, cases, rtol=rtol, atol=atol))
+            checked.append(verify_module(loaded, self.reference or self.original, self.gate_inputs(extra_inputs),
+                                         rtol=rtol, atol=atol))
             self.report.verification = checked[0].as_dict()
 
         atomic_write(path, lambda tmp: torch.export.save(program, tmp), gate if verify_output else None, force)
@@ -326,7 +328,7 @@ def optimize_onnx(model, *, check_n: int | None = None, inputs=(), pipeline: str
     extra = [tuple(torch.as_tensor(a).to(x.dtype) for a, x in zip(case if isinstance(case, (tuple, list)) else (case,),
                                                                   source.inputs))
              for case in inputs]
-    cases = verification_inputs(source.inputs, result.report.static_batch, extra, random_cases=check_n)
+    cases = result.gate_inputs(extra, random_cases=check_n)
     try:
         check = verify(proto, result.reference or result.original, cases, rtol=rtol, atol=atol)
     except VerificationError as exc:

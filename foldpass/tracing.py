@@ -16,10 +16,12 @@ import torch
 import torch.fx as fx
 from torch.export import Dim, ExportedProgram
 
+from .defaults import DEFAULT_ATOL, DEFAULT_RTOL
 from .errors import InputError
 from .graph import INPUTS_KEY, STATIC_KEY, VIEW_OPS, random_like
 from .quiet import quiet
 from .shapes import infer_shapes
+from .verification import compare, output_tensors
 
 aten = torch.ops.aten
 
@@ -196,11 +198,12 @@ def restore_dynamic_batch(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) 
     return new
 
 
-def _close(a, b) -> bool:
-    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape:
+def _close(got, want) -> bool:
+    """got equals want within the verification gate's default tolerance (verification.compare)."""
+    if not isinstance(got, torch.Tensor) or not isinstance(want, torch.Tensor):
         return False
-    scale = float(b.detach().abs().max()) if b.numel() else 0.0
-    return bool(torch.allclose(a.float(), b.float(), rtol=0, atol=1e-5 + 1e-4 * scale, equal_nan=True))
+    err, scale, mismatch = compare(want.detach().float().numpy(), got.detach().float().numpy())
+    return mismatch is None and err <= DEFAULT_ATOL + DEFAULT_RTOL * scale
 
 
 def _batch_mixing_node(static_gm: fx.GraphModule, gm: fx.GraphModule, inputs) -> str | None:
@@ -209,7 +212,7 @@ def _batch_mixing_node(static_gm: fx.GraphModule, gm: fx.GraphModule, inputs) ->
     gen = torch.Generator().manual_seed(7)
     x1 = tuple(torch.randn(x.shape, generator=gen).to(x.dtype) for x in inputs)
     with torch.no_grad():
-        if not all(_close(a, b) for a, b in zip(_flat(gm(*x1)), _flat(static_gm(*x1)))):
+        if not all(_close(a, b) for a, b in zip(output_tensors(gm(*x1)), output_tensors(static_gm(*x1)))):
             return "the re-traced graph differs from the program at its own batch size"
         x3 = tuple(torch.randn(3, *x.shape[1:], generator=gen).to(x.dtype) for x in inputs)
         together = _node_values(gm, x3)
@@ -232,10 +235,6 @@ def _batch_mixing_node(static_gm: fx.GraphModule, gm: fx.GraphModule, inputs) ->
 
 def _op(node: fx.Node) -> str:
     return getattr(node.target, "__name__", str(node.target))
-
-
-def _flat(out):
-    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 def _node_values(gm: fx.GraphModule, args) -> dict[str, object]:

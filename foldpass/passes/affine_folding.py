@@ -28,18 +28,17 @@ import torch
 import torch.fx as fx
 
 from ..cost import gemm_macs
+from ..defaults import DEFAULT_MAX_FOLD_BYTES
 from ..graph import add_constant, attr, drop_unused_attrs
-from ..shapes import ShapeInfo, infer_shapes
 from ..provenance import label, record, span
+from ..rules.conv_merging import MergedConv, merged_conv, region_window
+from ..shapes import ShapeInfo, infer_shapes
 from .base import Notes, PassResult
 from .constant_propagation import _materialize
-from ..rules.conv_merging import MergedConv, merged_conv, region_window
 from .linear_regions import Region, find_linear_regions
 
 NAME = "affine_folding"
 aten = torch.ops.aten
-
-from ..defaults import DEFAULT_MAX_FOLD_BYTES  # noqa: E402
 _GEMM_OPS = {aten.addmm.default, aten.mm.default}
 
 

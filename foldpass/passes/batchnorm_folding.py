@@ -84,22 +84,23 @@ def batchnorm_folding(gm: fx.GraphModule) -> PassResult:
             new_w = add_constant(gm, w2.to(dtype), "w", before=producer)
             new_b = add_constant(gm, b2.to(dtype), "b", before=producer)
             producer.args = (producer.args[0], new_w, new_b, *producer.args[3:])
+            kind = "convolution"
         else:  # addmm(bias, x, W^T)
             b, wt = constant_value(gm, producer.args[0]), constant_value(gm, producer.args[2])
             dtype = wt.dtype
             w2, b2 = fuse_linear_bn_weights(_f64(wt.t()), _f64(b), _f64(mean), _f64(var), eps, _f64(gamma), _f64(beta))
-            new_wt = add_constant(gm, w2.t().to(dtype), "w", before=producer)
+            new_w = add_constant(gm, w2.t().to(dtype), "w", before=producer)  # stored as W^T, as addmm reads it
             new_b = add_constant(gm, b2.to(dtype), "b", before=producer)
-            producer.args = (new_b, producer.args[1], new_wt, *producer.args[3:])
+            producer.args = (new_b, producer.args[1], new_w, *producer.args[3:])
+            kind = "linear"
         out.replace_all_uses_with(producer)
         name = joined([producer, bn])
-        kind = "convolution" if producer.target == aten.convolution.default else "linear"
-        record(gm, producer, new_w if kind == "convolution" else new_wt, NAME, f"{_described(producer)} + {_described(bn)} -> one {kind} "
-                                   "(W' = W * gamma / sqrt(var + eps))", name)
-        label(gm, new_w if kind == "convolution" else new_wt, name and f"{name}.weight")
+        record(gm, producer, new_w, NAME, f"{_described(producer)} + {_described(bn)} -> one {kind} "
+                                          "(W' = W * gamma / sqrt(var + eps))", name)
+        label(gm, new_w, name and f"{name}.weight")
         label(gm, new_b, name and f"{name}.bias")
         folded += 1
-        kinds["conv" if producer.target == aten.convolution.default else "linear"] += 1
+        kinds["conv" if kind == "convolution" else "linear"] += 1
     if folded:
         drop_unused_attrs(gm)
         notes.applied("folded " + ", ".join(f"{k} batch norm(s) into their {c}" for c, k in kinds.items() if k))

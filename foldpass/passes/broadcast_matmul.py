@@ -16,13 +16,12 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from ..graph import drop_unused_attrs
+from ..graph import VIEW_OPS, drop_unused_attrs
 from .base import Notes, PassResult
 from .constant_propagation import constant_nodes
 
 NAME = "broadcast_matmul"
 aten = torch.ops.aten
-_VIEWS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
 
 
 def _shape(node) -> tuple[int, ...] | None:
@@ -32,7 +31,7 @@ def _shape(node) -> tuple[int, ...] | None:
 
 def _expanded(node) -> fx.Node | None:
     """x for view(expand(x, shape), shape), else None."""
-    if not (isinstance(node, fx.Node) and node.op == "call_function" and node.target in _VIEWS):
+    if not (isinstance(node, fx.Node) and node.op == "call_function" and node.target in VIEW_OPS):
         return None
     inner = node.args[0]
     if not (isinstance(inner, fx.Node) and inner.op == "call_function" and inner.target is aten.expand.default):
@@ -40,13 +39,15 @@ def _expanded(node) -> fx.Node | None:
     return inner.args[0]
 
 
-def _why_not(gm: fx.GraphModule, node: fx.Node, const: set[fx.Node]) -> str | tuple[fx.Node, fx.Node] | None:
+def _match(node: fx.Node, const: set[fx.Node]) -> str | tuple[fx.Node, fx.Node] | None:
+    """(x, W) where the rewrite applies, why not where the pattern is there but the rule declines,
+    None where the bmm is not the pattern."""
     a, b = node.args
     x, w = _expanded(a), _expanded(b)
     if x is None or w is None:
-        return None  # not the pattern: nothing to say
-    xs, ws, out = _shape(x), _shape(w), _shape(node)
-    if xs is None or ws is None or out is None:
+        return None
+    xs, ws = _shape(x), _shape(w)
+    if xs is None or ws is None or _shape(node) is None:
         return "the shapes of its operands are not known"
     if w not in const or len(ws) != 2:
         return "the broadcast operand is not a constant 2-D weight"
@@ -63,7 +64,7 @@ def broadcast_matmul(gm: fx.GraphModule) -> PassResult:
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not aten.bmm.default:
             continue
-        found = _why_not(gm, node, const)
+        found = _match(node, const)
         if found is None:
             continue
         if isinstance(found, str):
