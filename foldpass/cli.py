@@ -81,6 +81,38 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _add_recipe_options(p, default_epochs: int) -> None:
+    """The training options `train` and `deskip` share: recipe, budget, data, checkpoints."""
+    p.add_argument("--recipe", default=defaults.DEFAULT_RECIPE, choices=defaults.RECIPE_NAMES,
+                   help=f"how t falls to 0 and how the lr moves (default: {defaults.DEFAULT_RECIPE}; "
+                        "docs/homotopy.md compares them)")
+    p.add_argument("--schedule", choices=defaults.SCHEDULE_NAMES, help="override the recipe's schedule of t")
+    p.add_argument("--t0", type=float, help="override the starting t")
+    p.add_argument("--per", choices=["epoch", "step"], help="override: update t per stage or per step")
+    p.add_argument("--zero-fraction", type=float, help="override: the last fraction of the run spent at t = 0")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], help="override the learning-rate schedule")
+    p.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
+                   help="override: re-estimate batch-norm statistics at t = 0 before the last evaluation")
+    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="override: once t = 0, re-estimate batch-norm statistics and train on with them frozen")
+    p.add_argument("--epochs", type=int, default=default_epochs,
+                   help=f"stages of training: one value of t each, as the paper (default {default_epochs})")
+    p.add_argument("--steps-per-t", type=int,
+                   help="steps per stage (default: one pass over the data; the paper: 938, one MNIST epoch)")
+    p.add_argument("--data", default=defaults.DEFAULT_DATASET, choices=defaults.DATASET_NAMES,
+                   help="mnist5k (real MNIST, offline; default), digits (offline) or mnist (--data-dir)")
+    p.add_argument("--data-dir", help="where MNIST is (or goes, with --download)")
+    p.add_argument("--download", action="store_true", help="download MNIST into --data-dir")
+    p.add_argument("--limit", type=int, help="use only the first N training and validation images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", help="write a checkpoint here after every stage")
+    p.add_argument("--resume", help="resume from a checkpoint")
+    p.add_argument("--history", help="write the per-stage log as JSON")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train with blended skips while a schedule drives t to 0; write a .pt2 "
                                      "(the 'train' extra)")
@@ -88,24 +120,23 @@ def _add_train(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="the trained model, a .pt2 file for foldpass optimize")
     p.add_argument("--input-shape", default="1,1,28,28", help="the model's input with batch (default 1,1,28,28)")
     p.add_argument("--weights", help="start from these weights (a state dict, loaded with weights_only=True)")
-    p.add_argument("--schedule", default="paper", choices=defaults.SCHEDULE_NAMES, help="how t falls to 0 (default: paper)")
-    p.add_argument("--t0", type=float, help="starting t (default 0.9 for paper, else 0.5)")
-    p.add_argument("--per", default="epoch", choices=["epoch", "step"], help="update t per epoch or per step")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--data", default="digits", choices=defaults.DATASET_NAMES, help="digits (bundled, offline) or mnist")
-    p.add_argument("--data-dir", help="where MNIST is (or goes, with --download)")
-    p.add_argument("--download", action="store_true", help="download MNIST into --data-dir")
-    p.add_argument("--limit", type=int, help="use only the first N training and validation images")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--convert", action="store_true",
                    help="blend the model's residual adds first (for a model without Blend modules)")
-    p.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
-    p.add_argument("--resume", help="resume from a checkpoint")
-    p.add_argument("--history", help="write the per-epoch log as JSON")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    _add_recipe_options(p, default_epochs=10)
     p.set_defaults(func=cmd_train)
+
+
+def _add_deskip(sub) -> None:
+    p = sub.add_parser("deskip", help="a trained residual network -> the same network as blends, fine-tuned to "
+                                      "t = 0 (no skips); write a .pt2 (the 'train' extra)")
+    p.add_argument("source", help="pkg.module:build or file.py:build, with --weights (the trained state dict)")
+    p.add_argument("-o", "--output", required=True, help="the de-skipped model, a .pt2 file for foldpass optimize")
+    p.add_argument("--input-shape", default="1,1,28,28", help="the model's input with batch (default 1,1,28,28)")
+    p.add_argument("--weights", help="the trained weights (a state dict, loaded with weights_only=True)")
+    p.add_argument("--start-t", type=float, default=0.5,
+                   help="the blend weight the conversion is exact at, where fine-tuning starts (default 0.5)")
+    _add_recipe_options(p, default_epochs=5)
+    p.set_defaults(func=cmd_deskip)
 
 
 def _add_decompose(sub) -> None:
@@ -155,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_demo(sub)
     _add_train(sub)
+    _add_deskip(sub)
     _add_decompose(sub)
     _add_info(sub)
     for command in sub.choices.values():  # --debug also after the command, where a user adds it on a rerun
@@ -281,28 +313,59 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    paths = _outputs(args, "--output", "--checkpoint", "--history", inputs=[args.resume, args.weights])
+def _training(args, console):
+    """The options train and deskip share, checked, as keyword arguments for the library."""
     _positive(args.epochs, "--epochs")
     _positive(args.batch_size, "--batch-size")
     _positive(args.limit, "--limit")
-    console = _console()
-    model = foldpass.load_source(args.source, foldpass.parse_input_shape(args.input_shape), args.weights).model
+    _positive(args.steps_per_t, "--steps-per-t")
 
     def log(e):
-        console.print(f"epoch {e.epoch:>3}  t {e.t:<6g} loss {e.train_loss:.4f}  train acc {e.train_acc:6.2%}  "
+        t = f"t {e.t:<6g}" if e.t is not None else ""
+        console.print(f"stage {e.epoch:>3}  {t} loss {e.train_loss:.4f}  train acc {e.train_acc:6.2%}  "
                       f"val loss {e.val_loss:.4f}  val acc {e.val_acc:6.2%}  ({e.seconds:.1f} s)")
 
-    result = foldpass.homotopy.train_homotopy(
-        model, schedule=args.schedule, epochs=args.epochs, t0=args.t0, per=args.per, data=args.data,
-        data_dir=args.data_dir, download=args.download, limit=args.limit, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, convert=args.convert, exact=bool(args.weights), checkpoint=paths.get("--checkpoint"),
-        resume=args.resume, progress=console.is_terminal, log=log)
-    if result.rank == 0:
-        result.save_pt2(paths["--output"], force=args.force)
-        if args.history:
-            foldpass.write_json(paths["--history"], result.history_dicts(), force=args.force)
-        console.print(f"wrote {args.output} (t = {result.t:g}); next: foldpass optimize {args.output} -o model.onnx")
+    plan = foldpass.homotopy.recipe(args.recipe, schedule=args.schedule, t0=args.t0, per=args.per,
+                                    zero_fraction=args.zero_fraction, lr_schedule=args.lr_schedule,
+                                    recalibrate=args.recalibrate, freeze_bn=args.freeze_bn)
+    return dict(recipe=plan, epochs=args.epochs, steps_per_t=args.steps_per_t, data=args.data,
+                data_dir=args.data_dir, download=args.download, limit=args.limit, batch_size=args.batch_size,
+                lr=args.lr, seed=args.seed, resume=args.resume, progress=console.is_terminal, log=log)
+
+
+def _write_trained(args, paths, result, console) -> None:
+    if result.rank != 0:
+        return
+    result.save_pt2(paths["--output"], force=args.force)
+    if args.history:
+        foldpass.write_json(paths["--history"], result.history_dicts(), force=args.force)
+    console.print(f"wrote {args.output} (t = {result.t:g}); next: foldpass optimize {args.output} -o model.onnx")
+
+
+def cmd_train(args) -> int:
+    paths = _outputs(args, "--output", "--checkpoint", "--history", inputs=[args.resume, args.weights])
+    console = _console()
+    options = _training(args, console)
+    model = foldpass.load_source(args.source, foldpass.parse_input_shape(args.input_shape), args.weights).model
+    result = foldpass.homotopy.train_homotopy(model, convert=args.convert, exact=bool(args.weights),
+                                              checkpoint=paths.get("--checkpoint"), **options)
+    _write_trained(args, paths, result, console)
+    return 0
+
+
+def cmd_deskip(args) -> int:
+    paths = _outputs(args, "--output", "--checkpoint", "--history", inputs=[args.resume, args.weights])
+    console = _console()
+    options = _training(args, console)
+    if args.start_t is not None and not 0.0 < args.start_t < 1.0:
+        raise InputError(f"--start-t must lie in (0, 1); got {args.start_t}")
+    model = foldpass.load_source(args.source, foldpass.parse_input_shape(args.input_shape), args.weights).model
+    result = foldpass.homotopy.deskip(model, t0=args.start_t, checkpoint=paths.get("--checkpoint"), **options)
+    verdict = "within 1 point of" if result.change >= -1.0 else "MORE THAN 1 POINT BELOW"
+    console.print(f"validation accuracy: original {result.original_val_acc:.2%}, de-skipped (t = 0) "
+                  f"{result.final_val_acc:.2%} ({result.change:+.2f} points: {verdict} the original); "
+                  f"conversion error before training {result.conversion_error:.2g}")
+    _write_trained(args, paths, result, console)
     return 0
 
 

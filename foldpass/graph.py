@@ -81,7 +81,9 @@ def add_constant(gm: fx.GraphModule, tensor: torch.Tensor, hint: str, before: fx
     name = unique_name(gm, hint)
     gm.register_buffer(name, tensor.detach().clone())
     with gm.graph.inserting_before(before):
-        return gm.graph.get_attr(name)
+        node = gm.graph.get_attr(name)
+    node.meta["val"] = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="meta")
+    return node
 
 
 def constant_value(gm: fx.GraphModule, arg: Any) -> Any:

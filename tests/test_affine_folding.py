@@ -8,7 +8,8 @@ import models
 from conftest import check_pass
 from foldpass import trace
 from models import randomize_batchnorm
-from foldpass.passes import affine_folding, constant_propagation, find_linear_regions, linear_region_detection
+from foldpass.passes import (affine_folding, batchnorm_folding, constant_propagation, find_linear_regions,
+                             linear_region_detection)
 
 PREP = (lambda gm: constant_propagation(gm),)
 
@@ -71,3 +72,38 @@ def test_folded_w_is_right_on_its_own_scale_when_the_bias_dominates():
         diff = ref(x.double()) - ref(y.double())
     lin = (x - y).double().reshape(1, -1) @ w.double()
     assert ((diff - lin).norm() / diff.norm()).item() <= 1e-3
+
+
+class RepVggDwInResidual(nn.Module):
+    """RepViT's token mixer BN(dw3x3(x) + dw1x1(x) + x) feeding a residual channel mixer: the region
+    around it reads two values (x and the mixer's ReLU), so it cannot fold whole; its part can."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.dw3 = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False), nn.BatchNorm2d(c))
+        self.dw1, self.bn = nn.Conv2d(c, c, 1, groups=c), nn.BatchNorm2d(c)
+        self.mix = nn.Sequential(nn.Conv2d(c, 2 * c, 1), nn.ReLU(), nn.Conv2d(2 * c, c, 1))
+
+    def forward(self, x):
+        y = self.bn(self.dw3(x) + self.dw1(x) + x)
+        return y + self.mix(y)
+
+
+def test_a_single_input_part_of_a_two_input_region_folds():
+    model = randomize_batchnorm(RepVggDwInResidual())
+    prep = (lambda gm: constant_propagation(gm), lambda gm: batchnorm_folding(gm))
+    result = check_pass(affine_folding, model, {"convolution": -1, "add": -2, "_native_batch_norm_legit_no_training": -1},
+                        x=torch.randn(2, 4, 6, 6), prep=prep)
+    assert any(n.action == "applied" and "3x3 conv 4->4 (groups 4)" in n.message for n in result.notes)
+
+
+def test_parts_are_not_folded_when_the_whole_costs_less():
+    class Bottleneck(nn.Module):  # 1x1 down, 3x3 depthwise, 1x1 up: merged, one dense 3x3 conv costs more
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(8, 2, 1), nn.Conv2d(2, 2, 3, padding=1, groups=2), nn.Conv2d(2, 8, 1)
+
+        def forward(self, x):
+            return torch.relu(self.c(self.b(self.a(torch.relu(x)))))
+
+    check_pass(affine_folding, Bottleneck(), {}, x=torch.randn(2, 8, 6, 6))

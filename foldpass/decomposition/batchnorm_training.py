@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..graph import attr
 
@@ -92,15 +92,9 @@ def trainable_batchnorm(gm: fx.GraphModule, momentum: float | None = 0.1) -> Ite
 
 def recalibrate_batchnorm(gm: fx.GraphModule, data: Dataset, batch_size: int = 128, max_batches: int = 32) -> int:
     """Re-estimates every batch norm's running statistics on `data` (inputs only); returns how many."""
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
-    with trainable_batchnorm(gm, momentum=None) as modules:
-        for m in modules:
-            m.reset_running_stats()  # momentum None: the running statistics are the average over batches
-        gm.train()
-        with torch.no_grad():
-            for k, batch in enumerate(loader):
-                if k == max_batches:
-                    break
-                gm(batch[0] if isinstance(batch, (tuple, list)) else batch)
-        gm.eval()
-    return len(modules)
+    from ..homotopy.training import recalibrate_batchnorm as recalibrate
+
+    with trainable_batchnorm(gm):
+        count = recalibrate(gm, data, batch_size, max_batches)
+    gm.eval()
+    return count

@@ -1,20 +1,58 @@
-"""The whole homotopy recipe in one call, as `foldpass train` runs it: data, schedule, an optional
-conversion of residual adds into blends, the training loop, and the trained model ready to be
-written as a .pt2 that `foldpass optimize` folds (t == 0: every skip removed)."""
+"""The whole homotopy recipe in one call, as `foldpass train` and `foldpass deskip` run it: data,
+schedule, an optional conversion of residual adds into blends, the training loop, and the trained
+model ready to be written as a .pt2 that `foldpass optimize` folds (t == 0: every skip removed).
+
+    train_homotopy(model)   train a blended network from scratch down to t = 0
+    deskip(model)           a trained residual network -> the same function as blends (exact at t0),
+                            fine-tuned down to t = 0; says how far its accuracy moved
+
+The recipes (docs/homotopy.md has the ablation that chose the default):
+
+    paper     the paper's list 0.9, 0.7, ..., 0.01, 0, one value per stage; constant lr
+    foldpass  t from t0 down a cosine, step by step, to 0 at 70 % of the run; the last 30 % at t = 0
+              (the skip-free network's own phase); cosine learning-rate decay; batch-norm
+              statistics re-estimated at t = 0 before the last evaluation
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ..blend_weight import get_t
-from ..errors import InputError
+from ..defaults import DEFAULT_DATASET, DEFAULT_RECIPE
+from ..errors import InputError, VerificationError
 from .blend import blend_residuals
 from .data import load_dataset
 from .schedules import make_schedule
-from .training import EpochLog, export_pt2, init_distributed, train
+from .training import EpochLog, evaluate, export_pt2, init_distributed, train
+
+
+@dataclass(frozen=True)
+class Recipe:
+    schedule: str
+    t0: float | None = None  # None: the schedule's own default (paper: 0.9)
+    per: str = "epoch"
+    zero_fraction: float = 0.0
+    lr_schedule: str = "constant"
+    recalibrate: bool = False
+    freeze_bn: bool = False  # once t = 0: batch-norm statistics re-estimated, then frozen while training
+
+
+RECIPES = {
+    "paper": Recipe("paper"),
+    "foldpass": Recipe("cosine", t0=0.9, per="step", zero_fraction=0.3, lr_schedule="cosine", recalibrate=True),
+}
+
+
+def recipe(name: str = DEFAULT_RECIPE, **overrides) -> Recipe:
+    """A named recipe, with any field replaced (None leaves it)."""
+    if name not in RECIPES:
+        raise InputError(f"unknown recipe '{name}'; valid recipes: {', '.join(RECIPES)}")
+    return replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass
@@ -22,6 +60,7 @@ class TrainResult:
     model: nn.Module
     history: list[EpochLog] = field(default_factory=list)
     rank: int = 0  # the process's rank under torchrun: only rank 0 writes
+    recipe: Recipe | None = None
 
     @property
     def t(self) -> float | None:
@@ -34,29 +73,92 @@ class TrainResult:
         return [vars(h) for h in self.history]
 
 
-def train_homotopy(model: nn.Module, *, schedule: str = "paper", epochs: int = 10, t0: float | None = None,
-                   per: str = "epoch", data: str = "digits", data_dir: str | None = None, download: bool = False,
-                   limit: int | None = None, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                   convert: bool = False, exact: bool = False, checkpoint: str | None = None,
+@dataclass
+class DeskipResult(TrainResult):
+    original_val_acc: float = 0.0
+    conversion_error: float = 0.0  # max |converted - original| on validation images, before fine-tuning
+
+    @property
+    def final_val_acc(self) -> float:
+        return self.history[-1].val_acc if self.history else self.original_val_acc
+
+    @property
+    def change(self) -> float:
+        """Validation accuracy at t = 0 minus the original's, in points."""
+        return (self.final_val_acc - self.original_val_acc) * 100
+
+
+def _check(epochs: int, batch_size: int, limit: int | None, steps_per_t: int | None) -> None:
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("limit", limit), ("steps_per_t", steps_per_t)):
+        if value is not None and value < 1:
+            raise InputError(f"{name} must be at least 1; got {value}")
+
+
+def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, epochs: int = 10,
+                   steps_per_t: int | None = None, data: str = DEFAULT_DATASET, data_dir: str | None = None,
+                   download: bool = False, limit: int | None = None, batch_size: int = 64, lr: float = 1e-3,
+                   seed: int = 0, convert: bool = False, exact: bool = False, checkpoint: str | None = None,
                    resume: str | None = None, progress: bool = False,
                    log: Callable[[EpochLog], None] | None = None) -> TrainResult:
-    """Trains `model` along a schedule of t down to 0 (see the package docstring).
+    """Trains `model` for `epochs` stages (passes over the data, or `steps_per_t` steps each) along
+    the recipe's schedule of t down to 0.
 
     convert: blend the model's residual adds first (blend_residuals; exact=True keeps a pretrained
     model's function at t0). Without it the model must already have a blend weight t.
     """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("limit", limit)):
-        if value is not None and value < 1:
-            raise InputError(f"{name} must be at least 1; got {value}")
+    _check(epochs, batch_size, limit, steps_per_t)
+    plan_recipe = RECIPES[recipe] if isinstance(recipe, str) and recipe in RECIPES else recipe
+    if not isinstance(plan_recipe, Recipe):
+        raise InputError(f"unknown recipe '{recipe}'; valid recipes: {', '.join(RECIPES)}")
     rank, device = init_distributed()
     train_set, val_set = load_dataset(data, data_dir, download, limit)
-    steps = -(-len(train_set) // batch_size)
-    plan = make_schedule(schedule, epochs, t0, per, steps)
+    steps = steps_per_t or -(-len(train_set) // batch_size)
+    plan = make_schedule(plan_recipe.schedule, epochs, plan_recipe.t0, plan_recipe.per, steps,
+                         zero_fraction=plan_recipe.zero_fraction)
     if convert:
         model = blend_residuals(model, plan.value(0), exact=exact)
     elif get_t(model) is None:
         raise InputError("the model has no blend weight t; pass convert=True to blend its residual adds")
     history = train(model, train_set, val_set, plan, epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+                    steps_per_t=steps_per_t, lr_schedule=plan_recipe.lr_schedule, recalibrate=plan_recipe.recalibrate,
+                    freeze_bn_at_zero=plan_recipe.freeze_bn,
                     checkpoint=checkpoint, resume=resume, progress=progress and rank == 0,
                     log=log if rank == 0 else None)
-    return TrainResult(model, history, rank)
+    return TrainResult(model, history, rank, plan_recipe)
+
+
+def deskip(model: nn.Module, *, epochs: int = 5, t0: float = 0.5, recipe: Recipe | str = DEFAULT_RECIPE,
+           data: str = DEFAULT_DATASET, **options) -> DeskipResult:
+    """A trained residual network -> the same function with its residual adds as blends at t0
+    (checked on validation images before any training), fine-tuned along the recipe to t = 0.
+
+    A model that already has blends (a weight t) starts from its own t. `options` go to
+    train_homotopy (steps_per_t, data_dir, lr, seed, checkpoint, progress, log, ...).
+    """
+    base = RECIPES.get(recipe, recipe) if isinstance(recipe, str) else recipe
+    if not isinstance(base, Recipe):
+        raise InputError(f"unknown recipe '{recipe}'; valid recipes: {', '.join(RECIPES)}")
+    _, val_set = load_dataset(data, options.get("data_dir"), options.get("download", False), options.get("limit"))
+    model.eval()
+    original_acc = evaluate(model, val_set)[1]
+    start = get_t(model)
+    error = 0.0
+    if start is None:
+        converted = blend_residuals(model, t0, exact=True)
+        if get_t(converted) is None:
+            raise InputError("no residual add found to blend: the model has no skip connection to remove")
+        x = val_set.tensors[0][:256]
+        with torch.no_grad():
+            reference, out = model(x), converted.eval()(x)
+        error = float((reference - out).abs().max())
+        scale = float(reference.abs().max()) or 1.0
+        if not error <= 1e-5 * scale:
+            raise VerificationError(f"the converted model differs from the original by {error:.3g} "
+                                    f"(scale {scale:.3g}) before any training")
+        model, start = converted, t0
+    if base.schedule in ("paper", "paper-t05"):  # printed lists: 0.9, ... and 0.5, ...
+        if start not in (0.9, 0.5):
+            raise InputError(f"the paper's lists start at 0.9 or 0.5, the model at t = {start:g}; use recipe 'foldpass'")
+        base = replace(base, schedule="paper" if start == 0.9 else "paper-t05")
+    result = train_homotopy(model, recipe=replace(base, t0=start), epochs=epochs, data=data, **options)
+    return DeskipResult(result.model, result.history, result.rank, result.recipe, original_acc, error)

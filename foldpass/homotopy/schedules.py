@@ -12,7 +12,9 @@
     static      t0 throughout (the skip-connection baseline; does not end at 0)
 
 A list shorter than the run holds its last value (0); a longer one is cut at the last epoch,
-which is always 0. `state_dict()` / `load_state_dict()` carry everything a resumed run needs.
+which is always 0. zero_fraction (0 <= f < 1) keeps the last fraction f of the run at t = 0 and
+fits the schedule's shape into the rest: a final phase in which the skip-free network adapts
+(linear / cosine / exp; a printed list keeps its own length). `state_dict()` / `load_state_dict()` carry everything a resumed run needs.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Schedule:
     values: tuple[float, ...] = ()
     rate: float = 0.5
     thresholds: tuple[float, ...] = ()
+    zero_fraction: float = 0.0
     level: int = 0  # threshold: the current level
     history: list[float] = field(default_factory=list)  # threshold: the accuracies it has seen
 
@@ -57,6 +60,8 @@ class Schedule:
             self.thresholds = self.thresholds or (0.8, 0.9, 0.95)[: len(self.values) - 1]
             if len(self.thresholds) != len(self.values) - 1:
                 raise InputError("a threshold schedule needs one threshold fewer than levels")
+        if not 0.0 <= self.zero_fraction < 1.0:
+            raise InputError(f"zero_fraction must lie in [0, 1); got {self.zero_fraction}")
         if not 0.0 <= self.t0 <= 1.0 or any(not 0.0 <= v <= 1.0 for v in self.values):
             raise InputError("t must lie in [0, 1]")
 
@@ -66,7 +71,9 @@ class Schedule:
         k = min(max(k, 0), last)
         if self.kind == "static":
             return self.t0
-        if k == last:
+        if self.kind in ("linear", "cosine", "exp"):  # the shape fits before the final phase at 0
+            last = max(1, round(self.total * (1 - self.zero_fraction))) - 1
+        if k >= last:
             return 0.0
         if self.kind in ("paper", "paper-t05"):
             return float(self.values[min(k, len(self.values) - 1)])
@@ -105,6 +112,7 @@ class Schedule:
 
 
 SCHEDULES = SCHEDULE_NAMES
+DEFAULT_T0 = {"paper": 0.9, "paper-t05": 0.5}
 
 
 def make_schedule(kind: str, epochs: int, t0: float | None = None, per: str = "epoch", steps_per_epoch: int = 1,
@@ -112,5 +120,5 @@ def make_schedule(kind: str, epochs: int, t0: float | None = None, per: str = "e
     """A schedule over `epochs` epochs (or epochs * steps_per_epoch steps with per='step')."""
     total = epochs if per == "epoch" else epochs * steps_per_epoch
     if t0 is None:
-        t0 = {"paper": 0.9, "paper-t05": 0.5}.get(kind, 0.5)
+        t0 = DEFAULT_T0.get(kind, 0.5)
     return Schedule(kind=kind, total=total, t0=t0, per=per, **options)

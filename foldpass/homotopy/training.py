@@ -12,8 +12,10 @@ Rank 0 alone prints, shows progress and writes checkpoints.
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -89,39 +91,65 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256, device: str
 
 def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Schedule | None, epochs: int, *,
           lr: float = 1e-3, batch_size: int = 64, seed: int = 0, device: str = "cpu",
+          steps_per_t: int | None = None, lr_schedule: str = "constant", recalibrate: bool = False,
+          freeze_bn_at_zero: bool = False,
           checkpoint: str | None = None, resume: str | None = None, progress: bool = False,
           log: Callable[[EpochLog], None] | None = None) -> list[EpochLog]:
-    """Trains `model` (in place) for `epochs` with t from `schedule` (None: no blends, plain training);
-    returns one EpochLog per epoch."""
+    """Trains `model` (in place) for `epochs` stages with t from `schedule` (None: no blends, plain
+    training); returns one EpochLog per stage.
+
+    A stage is one pass over the data, or exactly `steps_per_t` steps (batches drawn round after
+    round of reshuffled data): the paper gives every t one MNIST epoch, 938 steps of batch 64.
+    lr_schedule: "constant" (the paper's Adam), or "cosine": lr * (1 + cos(pi * step / all steps)) / 2.
+    recalibrate: before the last evaluation, re-estimate every batch norm's running statistics at
+    the final t on the training data (no labels, no weight change).
+    freeze_bn_at_zero: once t reaches 0, re-estimate the batch-norm statistics and train on with
+    them frozen (batch norm in eval mode): the skip-free network learns to predict with the
+    statistics it will be deployed with, not with those of each batch.
+    """
+    if lr_schedule not in LR_SCHEDULES:
+        raise InputError(f"unknown lr schedule '{lr_schedule}'; valid: {', '.join(LR_SCHEDULES)}")
     torch.manual_seed(seed)
     model.to(device)
     net = nn.parallel.DistributedDataParallel(model) if _distributed() else model
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history: list[EpochLog] = []
-    start = 0
-    if resume:
-        start, history = _load_checkpoint(resume, model, optimizer, schedule)
     sampler = torch.utils.data.DistributedSampler(train_set, seed=seed) if _distributed() else None
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=gen)
-    steps = len(loader)
+    steps = steps_per_t or len(loader)
+    total_steps = steps * epochs
+    decay = (lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total_steps) / total_steps))) \
+        if lr_schedule == "cosine" else (lambda k: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+    history: list[EpochLog] = []
+    start = 0
+    if resume:
+        start, history = _load_checkpoint(resume, model, optimizer, scheduler, schedule)
+    batches = _batches(loader, sampler, start * steps // max(len(loader), 1))
+    frozen = False
     for epoch in range(start, epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
         t = apply_t(model, schedule.value(epoch if schedule.per == "epoch" else epoch * steps)) if schedule else None
         began = time.perf_counter()
         net.train()
+        if frozen:
+            _batchnorm_eval(model)
         total = correct = count = 0.0
-        bar = _progress(progress and _rank() == 0, steps, f"epoch {epoch + 1}/{epochs}")
-        for i, (x, y) in enumerate(loader):
+        bar = _progress(progress and _rank() == 0, steps, f"{'t stage' if steps_per_t else 'epoch'} {epoch + 1}/{epochs}")
+        for i in range(steps):
+            x, y = next(batches)
             if schedule is not None and schedule.per == "step":
                 t = apply_t(model, schedule.value(epoch * steps + i))
+            if freeze_bn_at_zero and not frozen and t == 0.0:
+                recalibrate_batchnorm(model, train_set, device=device)
+                _batchnorm_eval(model)
+                frozen = True
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             out = net(x)
             loss = F.cross_entropy(out, y)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             total += loss.item() * len(y)
             correct += (out.argmax(1) == y).sum().item()
             count += len(y)
@@ -130,6 +158,8 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
         if _distributed():  # batch-norm statistics drift apart per rank: take rank 0's, as DDP does
             for buffer in model.buffers():
                 dist.broadcast(buffer.data, src=0)
+        if recalibrate and epoch == epochs - 1:
+            recalibrate_batchnorm(model, train_set, device=device)
         val_loss, val_acc = evaluate(model, val_set, device=device)
         if schedule is not None:
             schedule.observe(val_acc)
@@ -138,11 +168,54 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
         if log and _rank() == 0:
             log(entry)
         if checkpoint and _rank() == 0:
-            _save_checkpoint(checkpoint, model, optimizer, schedule, epoch + 1, history)
+            _save_checkpoint(checkpoint, model, optimizer, scheduler, schedule, epoch + 1, history)
     if schedule is not None and schedule.kind != "static":
         apply_t(model, 0.0)
     model.eval()
     return history
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _batchnorm_eval(model: nn.Module) -> int:
+    """Puts every batch norm in eval mode (running statistics used and left as they are)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.eval()
+    return len(norms)
+
+
+def _batches(loader: DataLoader, sampler, epoch: int) -> Iterator:
+    """Batches without end: pass after pass over the loader, reshuffled each pass."""
+    while True:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def recalibrate_batchnorm(model: nn.Module, data: Dataset, batch_size: int = 128, max_batches: int = 32,
+                          device: str = "cpu") -> int:
+    """Re-estimates the running statistics of every batch norm in `model` on `data` (inputs only; the
+    cumulative average over batches, AdaBN, Li et al. 2016); returns how many it re-estimated."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for k, batch in enumerate(loader):
+            if k == max_batches:
+                break
+            model((batch[0] if isinstance(batch, (tuple, list)) else batch).to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return len(norms)
 
 
 class _progress:
@@ -167,18 +240,20 @@ class _progress:
             self.bar.stop()
 
 
-def _save_checkpoint(path: str, model, optimizer, schedule: Schedule, epoch: int, history: list[EpochLog]) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+def _save_checkpoint(path: str, model, optimizer, scheduler, schedule: Schedule, epoch: int,
+                     history: list[EpochLog]) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr": scheduler.state_dict(),
              "schedule": schedule.state_dict() if schedule else None,
              "epoch": epoch, "history": [asdict(h) for h in history]}
     atomic_write(path, lambda tmp: torch.save(state, tmp), force=True)  # the same run's file, epoch after epoch
 
 
-def _load_checkpoint(path: str, model, optimizer, schedule: Schedule) -> tuple[int, list[EpochLog]]:
+def _load_checkpoint(path: str, model, optimizer, scheduler, schedule: Schedule) -> tuple[int, list[EpochLog]]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["lr"])
         if schedule is not None:
             schedule.load_state_dict(state["schedule"])
     except Exception as exc:  # noqa: BLE001

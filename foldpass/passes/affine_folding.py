@@ -7,7 +7,11 @@
 W comes from m vector-Jacobian products (reverse mode) or n Jacobian-vector products (forward
 mode), whichever count is smaller, with the region's constants in float64: no bias enters W,
 so nothing cancels (f(e_i) - f(0) in float32 would lose W wherever B dominates).
-Each fold is checked on a random point in float64 before it replaces anything.
+Each fold is checked on a random point in float64 before it replaces anything. A region that
+cannot fold whole (it reads several values, shares inner values, or costs more as one op) folds
+its largest single-input parts instead (linear_regions.sub_regions), none overlapping, each
+through the same cost model: RepGhost's 1 x 1 conv -> (3 x 3 depthwise + BN) + BN keeps its
+1 x 1 conv and merges the rest into one depthwise conv.
 
 The cost model compares keeping the region, a merged conv and a dense Gemm, and takes the
 cheapest replacement that does less work, moves no more memory and does not add ops:
@@ -29,13 +33,14 @@ import torch.fx as fx
 
 from ..cost import gemm_macs
 from ..defaults import DEFAULT_MAX_FOLD_BYTES
+from ..errors import first_line
 from ..graph import add_constant, attr, drop_unused_attrs
 from ..provenance import label, record, span
 from ..rules.conv_merging import MergedConv, merged_conv, region_window
 from ..shapes import ShapeInfo, infer_shapes
 from .base import Notes, PassResult
 from .constant_propagation import _materialize
-from .linear_regions import Region, find_linear_regions
+from .linear_regions import Region, find_linear_regions, sub_regions
 
 NAME = "affine_folding"
 aten = torch.ops.aten
@@ -94,7 +99,10 @@ def _conv_option(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, Shape
     if isinstance(window, str):
         return window
     in_info, out_info = shapes[region.inputs[0]], shapes[region.output]
-    conv = merged_conv(extract(gm, region), window, in_info.sample_shape, out_info.sample_shape)
+    try:
+        conv = merged_conv(extract(gm, region), window, in_info.sample_shape, out_info.sample_shape)
+    except RuntimeError as exc:  # the probe is smaller than the real map: a constant of the map's size
+        return f"it reads a constant shaped like the feature map, not per channel ({first_line(exc)})"
     if isinstance(conv, str):
         return conv
     itemsize = out_info.dtype.itemsize
@@ -193,38 +201,98 @@ def affine_map(gm: fx.GraphModule, region: Region, in_shape, out_numel: int) -> 
     return w.detach(), b.detach()
 
 
+MAX_SWEEPS = 32  # folds that unlock further folds (a part, then the region around it) within one pass
+
+
 def affine_folding(gm: fx.GraphModule, max_fold_bytes: int = DEFAULT_MAX_FOLD_BYTES) -> PassResult:
-    """Replaces each linear region by the one Gemm or conv the cost model prefers."""
+    """Replaces each linear region by the one Gemm or conv the cost model prefers, sweep after
+    sweep until a sweep folds nothing (regions found again after every sweep that changed the graph)."""
     notes = Notes(NAME)
-    shapes = infer_shapes(gm)
+    memo: dict[tuple, str] = {}  # a region's nodes -> why it was kept: the same region is not weighed twice
     folded = 0
-    for region in find_linear_regions(gm, shapes):
-        try:
-            option = choose(gm, region, shapes, max_fold_bytes)
-        except Exception as exc:  # noqa: BLE001 - any failure means: do not fold, and say why
-            option = f"evaluating it failed ({type(exc).__name__}: {exc})"
-        if isinstance(option, str):
-            if not option.startswith("already a single"):
-                notes.declined(f"{region.describe()} kept: {option}", region.output.name)
-            continue
-        x, out = region.inputs[0], region.output
-        in_info, out_info = shapes[x], shapes[out]
-        name = span(region.nodes)
-        if option.kind == "conv":
-            _replace_with_conv(gm, region, option.conv, out_info, name)
+    for _ in range(MAX_SWEEPS):
+        declined = Notes(NAME)
+        count = _sweep(gm, infer_shapes(gm), max_fold_bytes, notes, declined, memo)
+        folded += count
+        if count:
+            gm.graph.eliminate_dead_code()
         else:
-            try:
-                w, b = affine_map(gm, region, in_info.sample_shape, out_info.sample_numel)
-            except Exception as exc:  # noqa: BLE001
-                notes.declined(f"{region.describe()} kept: computing W failed ({type(exc).__name__}: {exc})", out.name)
-                continue
-            _replace_with_gemm(gm, region, w, b, in_info, out_info, name)
-        folded += 1
-        notes.applied(f"{region.describe()} -> {option.describe(in_info.sample_numel, out_info.sample_numel)}: "
-                      f"{_fmt_macs(region.macs)} -> {_fmt_macs(option.macs)} MACs", out.name)
+            break
+    notes.extend(declined)
     if folded:
         drop_unused_attrs(gm)
     return PassResult(gm, folded > 0, notes)
+
+
+def _sweep(gm, shapes, max_fold_bytes: int, notes: Notes, declined: Notes, memo: dict) -> int:
+    """One pass over the regions: folds what the cost model takes; the rest goes to `declined`."""
+    folded = 0
+    touched: set[fx.Node] = set()  # values a fold replaced: regions through them wait for the next sweep
+    for region in find_linear_regions(gm, shapes):
+        if touched & set(region.nodes):
+            continue
+        key = (tuple(region.nodes), tuple(region.inputs))
+        option = memo.get(key) or _choose(gm, region, shapes, max_fold_bytes)
+        if isinstance(option, str):
+            parts = 0 if option.startswith("already a single") or key in memo else \
+                _fold_parts(gm, region, shapes, max_fold_bytes, notes, touched)
+            folded += parts
+            if not parts:
+                memo[key] = option
+            if not option.startswith("already a single"):
+                declined.declined(f"{region.describe()} kept" + (f" whole ({parts} single-input parts folded)"
+                                                                  if parts else "") + f": {option}", region.output.name)
+            continue
+        folded += _fold(gm, region, option, shapes, notes) is not None
+        touched.update(region.nodes)
+    return folded
+
+
+def _choose(gm, region: Region, shapes, max_fold_bytes: int) -> Option | str:
+    try:
+        return choose(gm, region, shapes, max_fold_bytes)
+    except Exception as exc:  # noqa: BLE001 - any failure means: do not fold, and say why
+        return f"evaluating it failed ({type(exc).__name__}: {exc})"
+
+
+def _fold_parts(gm, region: Region, shapes, max_fold_bytes: int, notes: Notes, used: set[fx.Node]) -> int:
+    """Folds the largest single-input parts of a region that cannot fold whole, none overlapping
+    (`used` collects the values they replaced)."""
+    replaced: dict[fx.Node, fx.Node] = {}
+    count = 0
+    for part in sub_regions(gm, region, shapes):
+        if used & set(part.nodes):
+            continue
+        part.inputs = [replaced.get(part.inputs[0], part.inputs[0])]  # a part folded just now: read its fold
+        option = _choose(gm, part, shapes, max_fold_bytes)
+        if isinstance(option, str):
+            continue
+        y = _fold(gm, part, option, shapes, notes)
+        if y is not None:
+            used.update(part.nodes)
+            replaced[part.output] = y
+            shapes[y] = shapes[part.output]
+            count += 1
+    return count
+
+
+def _fold(gm, region: Region, option: Option, shapes, notes: Notes) -> fx.Node | None:
+    """Replaces `region` by `option`: the new value, or None if computing the fold failed (it says why)."""
+    x, out = region.inputs[0], region.output
+    in_info, out_info = shapes[x], shapes[out]
+    name = span(region.nodes)
+    if option.kind == "conv":
+        y = _replace_with_conv(gm, region, option.conv, out_info, name)
+    else:
+        try:
+            w, b = affine_map(gm, region, in_info.sample_shape, out_info.sample_numel)
+        except Exception as exc:  # noqa: BLE001
+            notes.declined(f"{region.describe()} kept: computing W failed ({type(exc).__name__}: {exc})", out.name)
+            return None
+        y = _replace_with_gemm(gm, region, w, b, in_info, out_info, name)
+    notes.applied(f"{region.describe()} -> {option.describe(in_info.sample_numel, out_info.sample_numel)}: "
+                  f"{_fmt_macs(region.macs)} -> {_fmt_macs(option.macs)} MACs", out.name)
+    return y
 
 
 def _replace_with_conv(gm, region: Region, conv: MergedConv, out_info: ShapeInfo, name: str) -> None:
@@ -240,6 +308,7 @@ def _replace_with_conv(gm, region: Region, conv: MergedConv, out_info: ShapeInfo
                                                               False, [0, 0], conv.groups))
     record(gm, y, weight, NAME, f"{region.describe()} -> one convolution", name)
     out.replace_all_uses_with(y)
+    return y
 
 
 def _replace_with_gemm(gm, region: Region, w, b, in_info: ShapeInfo, out_info: ShapeInfo, name: str) -> None:
@@ -259,3 +328,4 @@ def _replace_with_gemm(gm, region: Region, w, b, in_info: ShapeInfo, out_info: S
         if tuple(out_info.sample_shape) != (out_info.sample_numel,):
             y = graph.call_function(aten.view.default, (y, [-1, *out_info.sample_shape]))
     out.replace_all_uses_with(y)
+    return y

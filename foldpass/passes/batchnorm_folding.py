@@ -5,7 +5,13 @@
 
 The arithmetic is torch.nn.utils.fusion's (fuse_conv_bn_weights, fuse_linear_bn_weights),
 run in float64 and cast back to the weights' dtype. Folds only an eval-mode BN
-(`_native_batch_norm_legit_no_training`) whose input is a conv / addmm read by nothing else.
+(`_native_batch_norm_legit_no_training`) whose input is a conv / addmm / mm read by nothing else.
+
+    BN(x @ W)  ->  x @ W' + b'                       (matmul with a constant 2-D weight)
+    BN1d over flattened tokens (LeViT's LinearNorm):
+    BN(reshape(x @ W^T, [B * N, C]))  ->  reshape(x @ W'^T + b', [B * N, C])
+    a 2-D batch norm normalizes the last dim; a reshape that keeps the last dim keeps every
+    entry's channel, so the BN reaches the linear through any chain of such reshapes.
 """
 
 from __future__ import annotations
@@ -38,9 +44,32 @@ def _bn_output(bn: fx.Node) -> fx.Node | None:
     return live[0] if len(live) == 1 else None
 
 
+_RESHAPES = {aten.view.default, aten._unsafe_view.default, aten.reshape.default}
+_LINEAR = {aten.addmm.default, aten.mm.default, aten.matmul.default}
+
+
+def _last_dim(node: fx.Node) -> int | None:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return int(val.shape[-1]) if isinstance(val, torch.Tensor) and val.dim() and isinstance(val.shape[-1], int) else None
+
+
+def _producer(bn: fx.Node) -> fx.Node:
+    """The op the BN normalizes: its input, or for a 2-D BN the linear behind reshapes that keep
+    the last (channel) dim and that nothing else reads."""
+    node = bn.args[0]
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    if not isinstance(val, torch.Tensor) or val.dim() != 2:
+        return node
+    channels = _last_dim(node)
+    walk = node
+    while walk.target in _RESHAPES and len(walk.users) == 1 and _last_dim(walk.args[0]) == channels:
+        walk = walk.args[0]
+    return walk if walk.target in _LINEAR and _last_dim(walk) == channels else node
+
+
 def _why_not(gm: fx.GraphModule, bn: fx.Node) -> str | None:
-    producer = bn.args[0]
-    if not isinstance(producer, fx.Node) or producer.target not in (aten.convolution.default, aten.addmm.default):
+    producer = _producer(bn)
+    if not isinstance(producer, fx.Node) or producer.target not in (aten.convolution.default, *_LINEAR):
         return f"its input is {getattr(producer, 'name', producer)}, not a conv or linear"
     if len(producer.users) != 1:
         return f"{producer.name} is also read elsewhere ({len(producer.users)} users)"
@@ -49,6 +78,10 @@ def _why_not(gm: fx.GraphModule, bn: fx.Node) -> str | None:
         return "its statistics are not constant tensors"
     if producer.target == aten.convolution.default:
         if constant_value(gm, producer.args[1]) is None or (producer.args[2] is not None and constant_value(gm, producer.args[2]) is None):
+            return f"{producer.name}'s weights are computed at run time"
+    elif producer.target in (aten.mm.default, aten.matmul.default):
+        w = constant_value(gm, producer.args[1])
+        if not isinstance(w, torch.Tensor) or w.dim() != 2:
             return f"{producer.name}'s weights are computed at run time"
     elif constant_value(gm, producer.args[0]) is None or constant_value(gm, producer.args[2]) is None:
         return f"{producer.name}'s weights are computed at run time"
@@ -73,7 +106,7 @@ def batchnorm_folding(gm: fx.GraphModule) -> PassResult:
         if why:
             notes.declined(f"batch norm kept: {why}", bn.name)
             continue
-        producer, out = bn.args[0], _bn_output(bn)
+        producer, out = _producer(bn), _bn_output(bn)
         gamma, beta, mean, var = (constant_value(gm, a) for a in bn.args[1:5])
         eps = float(bn.args[6])
         if producer.target == aten.convolution.default:
@@ -85,15 +118,33 @@ def batchnorm_folding(gm: fx.GraphModule) -> PassResult:
             new_b = add_constant(gm, b2.to(dtype), "b", before=producer)
             producer.args = (producer.args[0], new_w, new_b, *producer.args[3:])
             kind = "convolution"
-        else:  # addmm(bias, x, W^T)
-            b, wt = constant_value(gm, producer.args[0]), constant_value(gm, producer.args[2])
+        else:  # addmm(bias, x, W^T), or mm(x, W^T) without a bias
+            if producer.target in (aten.mm.default, aten.matmul.default):
+                x, b, wt = producer.args[0], None, constant_value(gm, producer.args[1])
+            else:
+                x, b, wt = producer.args[1], constant_value(gm, producer.args[0]), constant_value(gm, producer.args[2])
             dtype = wt.dtype
+            b = torch.zeros(wt.shape[1], dtype=dtype) if b is None else b
             w2, b2 = fuse_linear_bn_weights(_f64(wt.t()), _f64(b), _f64(mean), _f64(var), eps, _f64(gamma), _f64(beta))
             new_w = add_constant(gm, w2.t().to(dtype), "w", before=producer)  # stored as W^T, as addmm reads it
             new_b = add_constant(gm, b2.to(dtype), "b", before=producer)
-            producer.args = (new_b, producer.args[1], new_w, *producer.args[3:])
+            if producer.target == aten.matmul.default:  # x @ W' + b' on the unflattened tokens
+                producer.args = (x, new_w)
+                with gm.graph.inserting_after(producer):
+                    biased = gm.graph.call_function(aten.add.Tensor, (producer, new_b))
+                biased.meta = dict(producer.meta)
+                producer.replace_all_uses_with(biased, delete_user_cb=lambda u: u is not biased)
+            elif producer.target == aten.mm.default:
+                with gm.graph.inserting_before(producer):
+                    addmm = gm.graph.call_function(aten.addmm.default, (new_b, x, new_w))
+                addmm.meta = dict(producer.meta)
+                producer.replace_all_uses_with(addmm)
+                gm.graph.erase_node(producer)
+                producer = addmm
+            else:
+                producer.args = (new_b, x, new_w, *producer.args[3:])
             kind = "linear"
-        out.replace_all_uses_with(producer)
+        out.replace_all_uses_with(bn.args[0])  # the producer, or the reshapes that lead to it
         name = joined([producer, bn])
         record(gm, producer, new_w, NAME, f"{_described(producer)} + {_described(bn)} -> one {kind} "
                                           "(W' = W * gamma / sqrt(var + eps))", name)

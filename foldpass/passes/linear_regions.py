@@ -9,6 +9,11 @@ that table, its non-data operands are constants, and it keeps the batch dimensio
 
 A region is read off from each *sink* (an affine value something non-affine reads): its cone,
 back through affine values, to the values it reads from outside (its inputs).
+A region that reads several values, or whose inner values are read outside it, cannot fold
+whole; `sub_regions` then offers its single-input parts: for a value s of the region, the cone of
+s cut at one value x it reads (x is then the input), when nothing outside reads its inner values.
+So a RepVGG-style block (conv3(x) + conv1(x) + x, then BN) that sits inside a larger region
+with a second input (a residual add from further up) still folds to one conv.
 This pass only reports regions; affine_folding decides which to fold.
 """
 
@@ -39,6 +44,7 @@ AFFINE = {
     operator.getitem: (0,),  # the normalized value out of a batch norm (index 0 only)
     aten.addmm.default: (1,),  # b + x @ W
     aten.mm.default: ONE,  # x @ W, W @ x
+    aten.matmul.default: ONE,  # x @ W over leading dims (linear_matmul's output)
     aten.add.Tensor: ANY,  # x + y, x + c
     aten.sub.Tensor: ANY,  # x - y, x - c
     aten.mul.Tensor: ONE,  # c * x
@@ -158,6 +164,38 @@ def find_linear_regions(gm: fx.GraphModule, shapes: dict[fx.Node, ShapeInfo] | N
         if region.macs > 0:
             regions.append(region)
     return regions
+
+
+def sub_regions(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, ShapeInfo], max_nodes: int = 400,
+                max_cuts: int = 24) -> list[Region]:
+    """The single-input, unshared sub-regions of `region` with at least two ops, largest first
+    (see the module docstring); none for a region over `max_nodes` values."""
+    if len(region.nodes) > max_nodes:
+        return []
+    const = constant_nodes(gm)
+    members = set(region.nodes)
+    order = {n: i for i, n in enumerate(region.nodes)}
+    found: dict[frozenset, Region] = {}
+    for sink in region.nodes:
+        if sink.target in _TUPLE_OUT:
+            continue
+        full = ancestors(sink, within=members.__contains__)
+        cuts = sorted((n for n in full if n is not sink), key=order.get, reverse=True)[:max_cuts]
+        for cut in [None, *cuts]:
+            cone = full if cut is None else ancestors(sink, within=lambda a, c=cut: a in members and a is not c)
+            inputs = {a for n in cone for a in n.all_input_nodes if a not in cone and a not in const}
+            if len(inputs) != 1 or frozenset(cone) in found:
+                continue
+            if any(u not in cone for n in cone if n is not sink for u in n.users):
+                continue
+            sub = Region(sink, sorted(cone, key=order.get), list(inputs))
+            if len([n for n in sub.compute_nodes if n.target not in VIEW_OPS]) < 2:
+                continue
+            sub.macs = sum(node_macs(n, shapes) for n in sub.nodes)
+            if sub.macs > 0:
+                sub.bytes = _region_bytes(gm, sub, shapes)
+                found[frozenset(cone)] = sub
+    return sorted(found.values(), key=lambda r: (-len(r.compute_nodes), order[r.output]))
 
 
 def _region_bytes(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, ShapeInfo]) -> int:

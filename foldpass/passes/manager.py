@@ -1,15 +1,19 @@
 """The pass manager: named pipelines, run to a fixed point, the graph linted after every pass.
 
-    default    = constant_propagation, zero_skip_elimination, broadcast_matmul, batchnorm_folding,
-                 scale_folding, linear_region_detection, affine_folding(max_fold_bytes)
+    default    = constant_propagation, zero_skip_elimination, broadcast_matmul, batched_matmul, batchnorm_folding,
+                 scale_folding, linear_region_detection, affine_folding(max_fold_bytes), linear_matmul,
+                 reshape_chains
     skips-only = constant_propagation, zero_skip_elimination
 
 The order matters. Constant propagation comes first: it turns `1 - t`, `t / K` and `w[1]` into
 constants, and only then can zero-skip elimination see `(1 - t) * b + t * s` with t == 0 as
 `1 * b + 0 * s`. broadcast_matmul needs to know the weights are constants (it reads the same
-constant analysis) and goes before the folds that read matmuls as regions. Batch norm folds into its conv, and scalar scales (a blend's leftover
+constant analysis) and goes before the folds that read matmuls as regions; batched_matmul
+(attention's flatten + bmm + unflatten -> matmul) with it. Batch norm folds into its conv, and scalar scales (a blend's leftover
 `1 / (1 - t0)`) into theirs, before the regions are measured, so that a region's cost is that of
-the convs that will really run. Region detection reports; affine folding rewrites.
+the convs that will really run. Region detection reports; affine folding rewrites. linear_matmul comes last: it turns
+reshape + Gemm + reshape into MatMul (+ Add) once nothing before it needs the addmm, and
+reshape_chains collapses the reshapes the folds left next to each other.
 
 A pipeline runs in order, and again, until no pass changes the graph (at most `max_rounds`).
 After every pass: `graph.lint()` and a recompile; whatever a pass raises comes back as a
@@ -30,17 +34,21 @@ from ..errors import FoldpassError, InputError, PassError
 from .affine_folding import affine_folding
 from .base import Note, PassResult
 from .batchnorm_folding import batchnorm_folding
+from .batched_matmul import batched_matmul
 from .broadcast_matmul import broadcast_matmul
 from .constant_propagation import constant_propagation
+from .linear_matmul import linear_matmul
 from .linear_regions import linear_region_detection
+from .reshape_chains import reshape_chains
 from .scale_folding import scale_folding
 from .zero_skip_elimination import zero_skip_elimination
 
 Pass = Callable[..., PassResult]
 
 PIPELINES: dict[str, tuple[Pass, ...]] = {
-    "default": (constant_propagation, zero_skip_elimination, broadcast_matmul, batchnorm_folding, scale_folding,
-                linear_region_detection, affine_folding),
+    "default": (constant_propagation, zero_skip_elimination, broadcast_matmul, batched_matmul, batchnorm_folding,
+                scale_folding,
+                linear_region_detection, affine_folding, linear_matmul, reshape_chains),
     "skips-only": (constant_propagation, zero_skip_elimination),
     "none": (),
 }

@@ -55,7 +55,7 @@ def test_checkpoint_resumes_where_it_stopped(digits, tmp_path):
 
 def test_cli_train_writes_a_pt2_that_optimize_takes_as_it_is(tmp_path, capsys):
     pt2, onnx_out, hist = tmp_path / "m.pt2", tmp_path / "m.onnx", tmp_path / "h.json"
-    assert main(["train", "models:CNN3", "-o", str(pt2), "--epochs", "2", "--limit", "128",
+    assert main(["train", "models:CNN3", "-o", str(pt2), "--epochs", "2", "--limit", "128", "--recipe", "paper",
                  "--history", str(hist)]) == 0
     assert [e["t"] for e in json.loads(hist.read_text())] == [0.9, 0.0]
     assert main(["optimize", str(pt2), "-o", str(onnx_out), "--report", str(tmp_path / "r.json")]) == 0

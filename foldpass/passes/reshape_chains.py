@@ -1,0 +1,59 @@
+"""Reshape chains: reshapes of reshapes collapse, and a reshape to the shape it has goes.
+
+    view(view(x, a), b)   ->   view(x, b)          a reshape reads entries in row-major order, whatever came before
+    view(x, shape(x))     ->   x                   nothing moves
+
+What a folded batch norm over flattened tokens leaves behind ([B, N, C] -> [B * N, C] -> [B, N, C]),
+and what a traced attention block is full of; each would be a Reshape (and its shape arithmetic)
+in the ONNX file. Shapes are compared as the trace recorded them (symbolic sizes included), so a
+dynamic batch stays dynamic. Only reshapes: a permute between two views is not a reshape.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from .base import Notes, PassResult
+
+NAME = "reshape_chains"
+aten = torch.ops.aten
+_RESHAPES = {aten.view.default, aten._unsafe_view.default, aten.reshape.default}
+
+
+def _shape(node) -> tuple | None:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
+
+
+def _same(a: tuple | None, b: tuple | None) -> bool:
+    if a is None or b is None or len(a) != len(b):
+        return False
+    try:
+        return all(bool(x == y) for x, y in zip(a, b))
+    except Exception:  # noqa: BLE001 - a symbolic comparison that cannot be decided: not the same
+        return False
+
+
+def reshape_chains(gm: fx.GraphModule) -> PassResult:
+    """Collapses reshape chains and drops identity reshapes (see the module docstring)."""
+    notes = Notes(NAME)
+    chained = dropped = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _RESHAPES:
+            continue
+        src = node.args[0]
+        while isinstance(src, fx.Node) and src.op == "call_function" and src.target in _RESHAPES:
+            src = src.args[0]
+        if src is not node.args[0]:
+            node.target = aten.reshape.default  # view needs strides that fit; reshape takes any layout
+            node.args = (src, *node.args[1:])
+            chained += 1
+        if _same(_shape(node), _shape(src)) and isinstance(src, fx.Node):
+            node.replace_all_uses_with(src)
+            dropped += 1
+    if chained or dropped:
+        gm.graph.eliminate_dead_code()
+        notes.applied(f"{chained} reshape(s) of a reshape read the source directly; {dropped} reshape(s) to the "
+                      "same shape removed")
+    return PassResult(gm, bool(chained or dropped), notes)

@@ -1,0 +1,153 @@
+"""MNIST-5k offline, stages of a set number of steps, the recipes, batch-norm recalibration, and
+de-skipping a trained residual network (library and `foldpass deskip`, end to end)."""
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import models
+from foldpass.cli import main
+from foldpass.errors import InputError
+from foldpass.homotopy import RECIPES, deskip, get_t, recalibrate_batchnorm, recipe
+from foldpass.homotopy.data import load_dataset
+from foldpass.homotopy.schedules import make_schedule
+from foldpass.homotopy.training import train
+
+from tiny_resnet import build
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def mnist_slice():
+    return load_dataset("mnist5k", limit=128)
+
+
+def test_mnist5k_is_real_mnist_offline_with_a_fixed_stratified_split():
+    train_set, val_set = load_dataset("mnist5k")
+    (x, y), (vx, vy) = train_set.tensors, val_set.tensors
+    assert x.shape == (4000, 1, 28, 28) and vx.shape == (1000, 1, 28, 28) and x.dtype == torch.float32
+    assert 0 <= x.min() and x.max() == 1.0
+    assert torch.bincount(vy).tolist() == [100] * 10 and torch.bincount(y).tolist() == [400] * 10
+    assert torch.equal(load_dataset("mnist5k")[1].tensors[1], vy)  # fixed
+    assert len(torch.unique(y[:64])) == 10  # the first N mix the classes (the source is sorted by class)
+    seen = {img.numpy().tobytes() for img in x}
+    assert sum(img.numpy().tobytes() in seen for img in vx) == 0  # no validation image is trained on
+
+
+def test_a_slice_keeps_its_shape(mnist_slice):
+    train_set, val_set = mnist_slice
+    assert len(train_set) == len(val_set) == 128 and train_set.tensors[0].shape[1:] == (1, 28, 28)
+
+
+def test_mnist_images_refuse_another_input_shape():
+    with pytest.raises(InputError, match="1 x 28 x 28"):
+        load_dataset("mnist5k", image_shape=(3, 32, 32))
+
+
+def test_steps_per_t_gives_every_t_that_many_steps():
+    data = TensorDataset(torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,)))
+    model = models.CNN3(width=4)
+    seen = []
+    model.blend.register_forward_pre_hook(lambda m, a: seen.append(float(m.t)) if m.training else None)
+    history = train(model, data, data, make_schedule("paper", 3), 3, batch_size=16, steps_per_t=5)
+    assert seen == pytest.approx([0.9] * 5 + [0.7] * 5 + [0.0] * 5)  # 5 steps each, over 3 batches a pass
+    assert [h.t for h in history] == [0.9, 0.7, 0.0] and get_t(model) == 0.0
+
+
+def test_cosine_lr_decays_to_zero_and_zero_fraction_holds_t_at_zero():
+    data = TensorDataset(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))
+    model = models.CNN3(width=4)
+    lrs, ts = [], []
+    model.blend.register_forward_pre_hook(lambda m, a: ts.append(float(m.t)) if m.training else None)
+    plan = make_schedule("cosine", 4, t0=0.9, per="step", steps_per_epoch=5, zero_fraction=0.5)
+    opt_step = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return opt_step(self, *a, **k)
+
+    torch.optim.Adam.step = spy
+    try:
+        train(model, data, data, plan, 4, batch_size=16, steps_per_t=5, lr_schedule="cosine")
+    finally:
+        torch.optim.Adam.step = opt_step
+    assert ts[0] == pytest.approx(0.9) and ts[10:] == [0.0] * 10 and all(a >= b for a, b in zip(ts, ts[1:]))
+    assert lrs[0] == 1e-3 and lrs[-1] < 1e-5 and all(a >= b for a, b in zip(lrs, lrs[1:]))
+    with pytest.raises(InputError, match="lr schedule"):
+        train(model, data, data, plan, 1, lr_schedule="step")
+
+
+def test_recalibration_sets_the_running_statistics_to_the_data_statistics():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.BatchNorm2d(3))
+    x = 5 + 2 * torch.randn(256, 1, 4, 4)
+    assert recalibrate_batchnorm(model, TensorDataset(x), batch_size=256) == 1
+    with torch.no_grad():
+        h = model[0](x)
+    torch.testing.assert_close(model[1].running_mean, h.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)
+    assert model[1].momentum == 0.1 and model.training
+
+
+def test_the_recipes_and_their_overrides():
+    assert RECIPES["paper"].schedule == "paper" and RECIPES["paper"].lr_schedule == "constant"
+    assert recipe("foldpass", zero_fraction=0.5, t0=None).zero_fraction == 0.5
+    with pytest.raises(InputError, match="valid recipes"):
+        recipe("magic")
+
+
+def test_the_converted_model_is_exact_before_any_training(mnist_slice):
+    original = build().eval()
+    x = mnist_slice[1].tensors[0][:32]
+    with torch.no_grad():
+        before = original(x)
+    result = deskip(original, epochs=1, limit=32, steps_per_t=1, data="mnist5k")
+    assert result.conversion_error == 0.0  # t0 = 0.5: the scales are exactly 2 and 2
+    assert get_t(result.model) == 0.0 and result.history[-1].t == 0.0
+    assert 0.0 <= result.original_val_acc <= 1.0
+    del before
+
+
+def test_deskip_refuses_a_network_without_skips():
+    with pytest.raises(InputError, match="no residual add"):
+        deskip(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), epochs=1, limit=16)
+
+
+def test_cli_deskip_end_to_end_leaves_no_blend_in_the_onnx(tmp_path, capsys, monkeypatch):
+    weights, pt2, out = tmp_path / "w.pt", tmp_path / "d.pt2", tmp_path / "d.onnx"
+    torch.save(build().state_dict(), weights)
+    monkeypatch.syspath_prepend(HERE)
+    assert main(["deskip", "tiny_resnet:build", "--weights", str(weights), "-o", str(pt2), "--epochs", "1",
+                 "--limit", "128", "--history", str(tmp_path / "h.json")]) == 0
+    said = capsys.readouterr().out
+    assert "original" in said and "de-skipped (t = 0)" in said and "points" in said
+    assert json.loads((tmp_path / "h.json").read_text())[-1]["t"] == 0.0
+    assert main(["optimize", str(pt2), "-o", str(out)]) == 0
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert "Add" not in ops and "Mul" not in ops and ops.count("Conv") == 5
+
+
+def test_cli_train_default_recipe_ends_at_zero(tmp_path):
+    hist = tmp_path / "h.json"
+    assert main(["train", "models:CNN3", "-o", str(tmp_path / "m.pt2"), "--epochs", "2", "--limit", "64",
+                 "--steps-per-t", "2", "--history", str(hist)]) == 0
+    log = json.loads(hist.read_text())
+    assert len(log) == 2 and log[-1]["t"] == 0.0 and np.isfinite(log[-1]["val_loss"])
+
+
+def test_batch_norm_frozen_at_zero_keeps_its_recalibrated_statistics():
+    data = TensorDataset(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))
+    model = models.CNN3(width=4)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    seen = []
+    model.blend.register_forward_pre_hook(
+        lambda m, a: seen.append((float(m.t), [n.running_mean.clone() for n in norms], norms[0].training)))
+    train(model, data, data, make_schedule("paper", 3), 3, batch_size=16, steps_per_t=2, freeze_bn_at_zero=True)
+    at_zero = [s for s in seen if s[0] == 0.0 and len(s[1]) and not s[2]]
+    assert len(at_zero) >= 2  # the t = 0 steps ran with batch norm in eval mode ...
+    assert all(torch.equal(a, b) for s in at_zero for a, b in zip(s[1], at_zero[0][1]))  # ... its statistics fixed
+    assert any(s[2] for s in seen if s[0] > 0)  # before t = 0, batch statistics as usual

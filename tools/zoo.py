@@ -1,0 +1,215 @@
+"""The zoo benchmark: foldpass against the direct export and the hand-written deploy form, model by model.
+
+For every model (random weights, random batch-norm statistics, 224 x 224): ONNX op counts of
+    direct   the train form exported by torch.onnx.export(dynamo=True) (its own optimizer on)
+    deploy   timm's hand-written reparameterize_model() form, exported the same way (timm only)
+    foldpass foldpass.optimize on the train form, then save_onnx (verified against the original)
+with the verification error, the optimize time, what --explain says was kept, and, where the op
+counts differ (and --speed), the speed of all of them under onnxruntime CPU, interleaved, at
+batch 1 and 8 (ratios against the direct export).
+
+    python tools/zoo.py                       # timm's re-parameterizable families, then torchvision
+    python tools/zoo.py --set timm --no-speed # op counts only
+    python tools/zoo.py --only fastvit_t8     # one model
+    python tools/zoo.py --docs-only           # redraw docs/zoo.md from docs/zoo.json
+
+Every model runs in its own subprocess with a time limit (--timeout), one thread for export and
+optimize; a finished model is kept in docs/zoo.json at once, so a rerun skips it (--redo NAME to
+measure again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+DOCS = os.path.join(ROOT, "docs")
+
+# timm's families with a hand-written reparameterize() / fuse(): the smallest model of each
+TIMM = ("repvgg_a0", "mobileone_s0", "lcnetv2_small", "fastvit_t8", "repvit_m0_9", "repghostnet_050", "levit_128s",
+        "efficientvit_m0", "tiny_vit_5m_224", "efficientvim_m1", "ghostnetv3_050", "shvit_s1", "iformer_t",
+        "nextvit_small")
+MAX_TORCHVISION_PARAMS = 100e6
+
+
+def torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def build(name: str):
+    import torch
+
+    import models
+
+    torch.manual_seed(0)
+    if name.startswith("tv:"):
+        import torchvision
+
+        model = torchvision.models.get_model(name[3:])
+    else:
+        import timm
+
+        model = timm.create_model(name, pretrained=False)
+    return models.randomize_batchnorm(model).eval()
+
+
+def ops_of(path: str) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(path, load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def kept_reasons(declined) -> dict[str, int]:
+    """What --explain says was kept, as 'pass: reason' with names and numbers blanked, by count."""
+    import collections
+    import re
+
+    counts = collections.Counter(f"{n.pass_name}: " + re.sub(r"\b[a-z_]+_\d+\b|\d+", "#", n.message) for n in declined)
+    return dict(counts.most_common(10))
+
+
+def direct_export(model, x, path: str) -> None:
+    import torch
+
+    with torch.no_grad():
+        torch.onnx.export(model, (x,), path, dynamo=True, opset_version=18, optimize=True,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+
+
+def measure(name: str, speed: bool, rounds: int) -> dict:
+    """One model, in this process: op counts, verification, time, and (speed) the timings."""
+    import copy
+
+    import torch
+
+    import foldpass
+    from foldpass.quiet import quiet
+
+    torch.set_num_threads(1)
+    model = build(name)
+    x = torch.randn(1, 3, 224, 224)
+    params = sum(p.numel() for p in model.parameters())
+    entry: dict = {"params": params}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        with quiet():
+            for kind in ("direct", "deploy"):
+                if kind == "deploy":
+                    if name.startswith("tv:"):
+                        continue
+                    from timm.utils.model import reparameterize_model
+
+                    deploy = reparameterize_model(copy.deepcopy(model)).eval()
+                    if sum(1 for _ in deploy.modules()) == sum(1 for _ in model.modules()) and \
+                            str(deploy) == str(model):
+                        continue  # nothing to re-parameterize
+                began = time.perf_counter()
+                try:
+                    paths[kind] = os.path.join(tmp, f"{kind}.onnx")
+                    direct_export(model if kind == "direct" else deploy, x, paths[kind])
+                except Exception as exc:  # noqa: BLE001
+                    entry[f"{kind}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    paths.pop(kind)
+                entry[f"{kind}_seconds"] = time.perf_counter() - began
+        began = time.perf_counter()
+        try:
+            result = foldpass.optimize(model, x)
+            paths["foldpass"] = os.path.join(tmp, "foldpass.onnx")
+            result.save_onnx(paths["foldpass"])
+            entry["status"] = "verified"
+            v = result.report.verification or {}
+            entry["max_error"] = v.get("max_error", result.report.max_error)
+            entry["kept"] = kept_reasons(result.report.declined)
+        except foldpass.FoldpassError as exc:
+            entry["status"] = "failed"
+            entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        entry["optimize_seconds"] = time.perf_counter() - began
+        entry["ops"] = {k: ops_of(p) for k, p in paths.items()}
+        if speed and "foldpass" in paths and len({sum(o.values()) for o in entry["ops"].values()}) > 1:
+            names = list(paths)
+            torch.set_num_threads(2)
+            bench = foldpass.bench([paths[k] for k in names], names=names, batches=(1, 8), rounds=rounds)
+            entry["speed"] = {f"{t['model']}@{t['batch']}": {"us": t["median_us_per_image"],
+                                                              "vs_direct": t["speedup_vs_first"]}
+                              for t in bench.as_dict()["results"]}
+    return entry
+
+
+def run_one(name: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--one", name, "--rounds", str(args.rounds)] + ([] if args.speed else ["--no-speed"])
+    began = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "error": f"over the {args.timeout} s limit"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"status": "crashed", "error": tail[:300], "seconds": time.perf_counter() - began}
+    return json.loads(lines[-1]) | {"seconds": time.perf_counter() - began}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", choices=["timm", "torchvision", "all"], default="all")
+    parser.add_argument("--only", action="append", help="just these models (timm names, or tv:NAME)")
+    parser.add_argument("--redo", action="append", default=[], help="measure these again")
+    parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the models whose op counts differ (default on)")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per model")
+    parser.add_argument("--docs-only", action="store_true")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.speed, args.rounds)), flush=True)
+        return
+    path = os.path.join(DOCS, "zoo.json")
+    results = json.load(open(path)) if os.path.exists(path) else {"models": {}}
+    if not args.docs_only:
+        import torch
+
+        from foldpass.about import versions
+        from foldpass.benchmark import environment
+
+        names = args.only or ([*TIMM] if args.set in ("timm", "all") else [])
+        if not args.only and args.set in ("torchvision", "all"):
+            names += [f"tv:{n}" for n in torchvision_names()]
+        results["meta"] = {"versions": versions(), "machine": "{cpu}, {cores} cores".format(**environment("cpu")),
+                           "date": datetime.date.today().isoformat(), "torch": torch.__version__}
+        for name in names:
+            if name in results["models"] and name not in args.redo:
+                continue
+            if name.startswith("tv:") and not args.only:
+                params = sum(p.numel() for p in build(name).parameters())
+                if params > MAX_TORCHVISION_PARAMS:
+                    continue
+            print(f"== {name}", flush=True)
+            entry = run_one(name, args)
+            results["models"][name] = entry
+            with open(path + ".tmp", "w") as f:
+                json.dump(results, f, indent=1)
+            os.replace(path + ".tmp", path)
+            total = {k: sum(v.values()) for k, v in entry.get("ops", {}).items()}
+            print(f"   {entry.get('status')}: ops {total} {entry.get('error', '')}", flush=True)
+    from zoo_docs import write_docs
+
+    write_docs(results, DOCS)
+
+
+if __name__ == "__main__":
+    main()

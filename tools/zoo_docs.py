@@ -1,0 +1,95 @@
+"""docs/zoo.md from docs/zoo.json (tools/zoo.py): the op-count table against the direct export and
+timm's deploy form, the speed ratios where ops differ, and the summary the issue asks for."""
+
+from __future__ import annotations
+
+import os
+
+KEY_OPS = ("Conv", "Add", "BatchNormalization")
+
+
+def cell(ops: dict | None) -> str:
+    if not ops:
+        return "-"
+    return " / ".join(str(ops.get(k, 0)) for k in KEY_OPS) + f" / **{sum(ops.values())}**"
+
+
+def parity(entry: dict) -> str:
+    """'yes' when foldpass has no more convs, batch norms or ops than the deploy form (and no more
+    ops than the direct export); what is over otherwise."""
+    ops = entry.get("ops", {})
+    ours = ops.get("foldpass")
+    if not ours:
+        return "-"
+    over = []
+    for peer in ("deploy", "direct"):
+        ref = ops.get(peer)
+        if not ref:
+            continue
+        if sum(ours.values()) > sum(ref.values()):
+            over.append(f"{sum(ours.values()) - sum(ref.values())} ops > {peer}")
+        if peer == "deploy":
+            over += [f"{k} +{ours.get(k, 0) - ref.get(k, 0)}" for k in ("Conv", "BatchNormalization")
+                     if ours.get(k, 0) > ref.get(k, 0)]
+    return "yes" if not over else "no: " + ", ".join(over)
+
+
+def speed(entry: dict) -> str:
+    s = entry.get("speed")
+    if not s:
+        return "(same ops)" if entry.get("status") == "verified" and "speed" not in entry else "-"
+    parts = []
+    for batch in (1, 8):
+        row = [f"{kind} {s[f'{kind}@{batch}']['vs_direct']:.2f}x" for kind in ("foldpass", "deploy")
+               if f"{kind}@{batch}" in s]
+        parts.append(f"b{batch}: " + ", ".join(row))
+    return "; ".join(parts)
+
+
+def write_docs(results: dict, folder: str) -> None:
+    meta = results.get("meta", {})
+    models = results.get("models", {})
+    timm = {k: v for k, v in models.items() if not k.startswith("tv:")}
+    tv = {k: v for k, v in models.items() if k.startswith("tv:")}
+    versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
+    lines = ["# The zoo: foldpass against the direct export and the hand-written deploy form", "",
+             f"{meta.get('machine', '?')}; {versions}; {meta.get('date', '?')}. Random weights and random batch-norm "
+             "statistics, input 1 x 3 x 224 x 224, dynamic batch. **direct**: `torch.onnx.export(model, dynamo=True)` "
+             "of the train form (its own optimizer on); **deploy**: timm's `reparameterize_model()` form exported the "
+             "same way; **foldpass**: `foldpass.optimize(model)` then `save_onnx` (verified against the original). "
+             "Op counts are Conv / Add / BatchNormalization / **all ops**. Speed: onnxruntime CPU, interleaved "
+             "rounds, median ratio against the direct export (> 1 is faster), measured only where the op counts "
+             "differ. Re-run: `python tools/zoo.py` (resumable; `--docs-only` redraws this page).", ""]
+    for title, group in (("timm's re-parameterizable families (smallest model of each)", timm),
+                         ("torchvision classification models under 100M parameters", tv)):
+        if not group:
+            continue
+        done = [e for e in group.values() if e.get("status") == "verified"]
+        at_parity = [k for k, e in group.items() if parity(e) == "yes"]
+        lines += [f"## {title}", "",
+                  f"{len(group)} tried, {len(done)} verified, {len(at_parity)} with no more convs, batch norms or "
+                  "ops than the deploy form (where there is one) and no more ops than the direct export.", "",
+                  "| model | params | direct | deploy | foldpass | parity | max error | optimize | speed |",
+                  "|---|---:|---|---|---|---|---:|---:|---|"]
+        for name, e in group.items():
+            ops = e.get("ops", {})
+            err = e.get("max_error")
+            lines.append(f"| {name.removeprefix('tv:')} | {e.get('params', 0) / 1e6:.1f}M | {cell(ops.get('direct'))} | "
+                         f"{cell(ops.get('deploy'))} | {cell(ops.get('foldpass'))} | {parity(e)} | "
+                         f"{'-' if err is None else f'{err:.2g}'} | {e.get('optimize_seconds', 0):.0f} s | {speed(e)} |")
+        failures = {k: e for k, e in group.items() if e.get("status") != "verified"}
+        if failures:
+            lines += ["", "Not verified:", ""]
+            lines += [f"- {k.removeprefix('tv:')}: {e.get('status')}: {e.get('error', '')}" for k, e in failures.items()]
+        kept = {}
+        for k, e in group.items():
+            for reason, n in e.get("kept", {}).items():
+                if "max_fold_bytes" not in reason and "larger than its inputs" not in reason:
+                    kept.setdefault(reason, []).append(k.removeprefix("tv:"))
+        if kept:
+            lines += ["", "What `--explain` says was kept (names and numbers blanked), with the models it says it of:", ""]
+            for reason, names in sorted(kept.items(), key=lambda kv: -len(kv[1]))[:12]:
+                lines.append(f"- {reason[:220]} ({', '.join(names[:6])}{' ...' if len(names) > 6 else ''})")
+        lines.append("")
+    with open(os.path.join(folder, "zoo.md"), "w") as f:
+        f.write("\n".join(lines))
