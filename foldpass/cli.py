@@ -57,6 +57,8 @@ def _add_optimize(sub) -> None:
     p.add_argument("--explain", action="store_true", help="list every region and every rule's decision")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--bench", action="store_true", help="then benchmark the original against the output")
+    p.add_argument("--no-compare-direct", action="store_true",
+                   help="skip counting the ops of the usual export (torch.onnx.export) to warn where foldpass's are more")
     p.set_defaults(func=cmd_optimize)
 
 
@@ -279,7 +281,7 @@ def cmd_optimize(args) -> int:
             status.update("exporting ONNX and verifying under onnxruntime")
             result.save_onnx(paths["--output"], verify_output=not args.no_verify, rtol=args.rtol, atol=args.atol,
                              extra_inputs=extra, opset=args.opset, force=args.force, precision=args.precision,
-                             half_io=args.fp16_io)
+                             half_io=args.fp16_io, compare_direct=not args.no_compare_direct)
     if args.report:
         result.report.to_json(paths["--report"], force=args.force)
     result.report.render(console, explain=args.explain)

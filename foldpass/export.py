@@ -164,6 +164,20 @@ def rename_batch_axis(model: onnx.ModelProto, name: str | None, exported_as: str
     return model
 
 
+def direct_export_ops(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: int = DEFAULT_OPSET,
+                      dynamic_batch: bool = True) -> dict[str, int] | str:
+    """The op counts of the model exported the usual way (torch.onnx.export(dynamo=True), its own
+    optimizer on): the peer foldpass's file must not be bigger than. A string says why there is none."""
+    dynamic = tuple({0: Dim("batch")} for _ in inputs) if dynamic_batch else None
+    try:
+        with quiet(), torch.no_grad():
+            program = torch.onnx.export(module, batch_of_two(inputs) if dynamic_batch else inputs, dynamo=True,
+                                        opset_version=opset, dynamic_shapes=dynamic, optimize=True, verbose=False)
+    except Exception as exc:  # noqa: BLE001 - the direct export failing is itself the answer
+        return f"the direct export fails ({type(exc).__name__}: {first_line(exc)})"
+    return onnx_op_counts(program.model_proto)
+
+
 def onnx_op_counts(model: onnx.ModelProto) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in model.graph.node:

@@ -20,8 +20,8 @@ from ._version import __version__
 from .blend_weight import set_t as _set_t
 from .defaults import DEFAULT_MAX_FOLD_BYTES
 from .errors import InputError, VerificationError
-from .export import (DEFAULT_OPSET, MIN_OPSET, check_opset, onnx_op_counts, rename_batch_axis, rename_io,
-                     save_atomic, to_onnx)
+from .export import (DEFAULT_OPSET, MIN_OPSET, check_opset, direct_export_ops, onnx_op_counts, rename_batch_axis,
+                     rename_io, save_atomic, to_onnx)
 from .graph import INPUTS_KEY, STATIC_KEY
 from .loading import Source
 from .outputs import atomic_write, check_outputs
@@ -81,10 +81,12 @@ class OptimizeResult:
     def save_onnx(self, path: str | os.PathLike, verify_output: bool = True, rtol: float = DEFAULT_RTOL,
                   atol: float = DEFAULT_ATOL, extra_inputs: list[tuple[torch.Tensor, ...]] = (),
                   opset: int | None = None, force: bool = False, precision: str = "fp32",
-                  half_io: bool = False) -> Verification | None:
+                  half_io: bool = False, compare_direct: bool = True) -> Verification | None:
         """Exports to ONNX, checks the written file against the original under onnxruntime, then
         moves it into `path` (outputs.py's policy: never over the input, nor over an existing file
         unless force). On a failed check VerificationError is raised and `path` is left untouched.
+        compare_direct: also count the ops of the original exported the usual way (for an .onnx
+        source: the source file) and warn in the report where foldpass's file has more.
         """
         path = check_outputs({"output": os.fspath(path)}, [self.source_path], force)["output"]
         check_tolerances(rtol, atol)
@@ -95,6 +97,8 @@ class OptimizeResult:
             rtol = effective_rtol(rtol, torch.float16)
         self.report.timings["export"] = time.perf_counter() - t0
         self.report.onnx_ops = onnx_op_counts(model)
+        if compare_direct and precision == "fp32":
+            self._compare_direct(opset)
         checked: list[Verification] = []
 
         def gate(written: str) -> None:
@@ -109,6 +113,27 @@ class OptimizeResult:
 
         save_atomic(model, path, check=gate if verify_output else None, force=force)
         return checked[0] if checked else None
+
+    def _compare_direct(self, opset: int | None) -> None:
+        """The guard against a file bigger than the usual export: report.direct_ops, and a warning."""
+        t0 = time.perf_counter()
+        if self.source_path and self.source_path.endswith(".onnx"):
+            peer, what = onnx_op_counts(onnx.load(self.source_path, load_external_data=False)), "the source ONNX"
+        else:
+            peer = direct_export_ops(self.original, self.inputs, opset or self.opset, self.report.static_batch is None)
+            what = "the direct export (torch.onnx.export, dynamo=True)"
+        self.report.timings["direct export"] = time.perf_counter() - t0
+        if isinstance(peer, str):
+            self.report.warnings.append(f"no op count to compare with: {peer}")
+            return
+        self.report.direct_ops = peer
+        ours, theirs = sum(self.report.onnx_ops.values()), sum(peer.values())
+        if ours > theirs:
+            more = {k: v - peer.get(k, 0) for k, v in self.report.onnx_ops.items() if v > peer.get(k, 0)}
+            self.report.warnings.append(
+                f"foldpass's ONNX has {ours} ops, {what} {theirs}: more "
+                + ", ".join(f"{k} +{v}" for k, v in sorted(more.items(), key=lambda kv: -kv[1])[:6])
+                + "; it may run slower than that export (compare them with foldpass bench)")
 
     def gate_inputs(self, extra_inputs=(), random_cases: int | None = None) -> list[tuple[torch.Tensor, ...]]:
         """The inputs every check of this result runs on (verification.verification_inputs), at batch

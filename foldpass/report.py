@@ -43,6 +43,7 @@ class Report:
     max_error: float | None = None  # optimized fx module vs original, PyTorch
     verification: dict | None = None  # the ONNX gate, once save_onnx ran
     onnx_ops: dict[str, int] | None = None
+    direct_ops: dict[str, int] | None = None  # the usual export of the same model (save_onnx's guard)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -63,7 +64,7 @@ class Report:
             "before": stats(self.before), "after": stats(self.after),
             "applied": [n.as_dict() for n in self.applied], "declined": [n.as_dict() for n in self.declined],
             "info": [n.as_dict() for n in self.notes if n.action == "info"],
-            "max_error": self.max_error, "verification": self.verification, "onnx_ops": self.onnx_ops,
+            "max_error": self.max_error, "verification": self.verification, "onnx_ops": self.onnx_ops, "direct_ops": self.direct_ops,
             "timings_s": self.timings, "warnings": self.warnings,
         }
 
@@ -92,6 +93,9 @@ class Report:
         table.add_row("MACs / sample", f"{self.before.macs:,}", f"{self.after.macs:,}")
         if self.onnx_ops:
             table.add_row("ONNX ops", "", ", ".join(f"{k} x{v}" if v > 1 else k for k, v in self.onnx_ops.items()))
+        if self.onnx_ops and self.direct_ops:
+            table.add_row("ONNX ops, direct export", str(sum(self.direct_ops.values())),
+                          str(sum(self.onnx_ops.values())))
         console.print(table)
         console.print(f"  batch    {self.batch}", highlight=False)
         for note in self.applied:

@@ -75,3 +75,19 @@ def test_reshape_chains_keep_a_permute_between_reshapes():
             return x.reshape(b, n * c).reshape(b, c, n).permute(0, 2, 1).reshape(b, n * c)
 
     check_pass(reshape_chains, Permuted(), {"view": -2, "reshape": 1}, x=torch.randn(2, 3, 4), prep=PREP)
+
+
+def test_save_onnx_counts_the_direct_export_and_warns_when_foldpass_writes_more(tmp_path, monkeypatch):
+    import foldpass
+    import foldpass.optimizer as optimizer
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    result = foldpass.optimize(model, torch.randn(1, 1, 8, 8))
+    result.save_onnx(tmp_path / "a.onnx")
+    assert sum(result.report.direct_ops.values()) >= sum(result.report.onnx_ops.values())
+    assert not any("direct export" in w for w in result.report.warnings)
+    monkeypatch.setattr(optimizer, "direct_export_ops", lambda *a, **k: {"Conv": 1})  # a peer smaller than ours
+    result = foldpass.optimize(model, torch.randn(1, 1, 8, 8))
+    result.save_onnx(tmp_path / "b.onnx")
+    assert any(w.startswith("foldpass's ONNX has 2 ops, the direct export (torch.onnx.export, dynamo=True) 1: more")
+               for w in result.report.warnings), result.report.warnings

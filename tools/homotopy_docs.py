@@ -166,7 +166,9 @@ def _deskip(lines: list[str], results: dict, meta: dict) -> None:
 
 
 def write_docs(results: dict, folder: str) -> None:
-    meta = results["meta"]
+    meta = dict(results["meta"])
+    fig3_runs = grouped(results.get("figure3", {}))
+    meta["seeds"] = max((len(v) for v in fig3_runs.values()), default=meta.get("seeds", 0))  # as measured
     fig3, ablation = grouped(results.get("figure3", {})), grouped(results.get("ablation", {}))
     _plots(results, folder, meta)
     wall = results.get("wall", {})
@@ -203,7 +205,9 @@ def write_docs(results: dict, folder: str) -> None:
         fig2.setdefault(float(key.split("/")[0]), []).append(entry["val_acc"][-1])
     if fig2:
         ts = sorted(fig2)
-        lines += ["## Figure 2", "", f"Static t0 after the paper's early budget (2 x {meta['steps_per_t']} steps).", "",
+        n2 = max(len(v) for v in fig2.values())
+        lines += ["## Figure 2", "", f"Static t0 after the paper's early budget (2 x {meta['steps_per_t']} steps); "
+                  f"{n2} seed{'s' if n2 > 1 else ''} per point.", "",
                   "| t0 | " + " | ".join(f"{t:g}" for t in ts) + " |", "|---|" + "---:|" * len(ts),
                   "| val acc (%) | " + " | ".join(f"{mean_sd(fig2[t])[0] * 100:.1f}" for t in ts) + " |",
                   "| sd | " + " | ".join(f"{mean_sd(fig2[t])[1] * 100:.1f}" for t in ts) + " |",

@@ -115,7 +115,7 @@ def choose(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, ShapeInfo],
     """The cheapest replacement of `region`, or why it is kept as it is."""
     if len(region.inputs) != 1:
         names = ", ".join(n.name for n in region.inputs)
-        return f"reads {len(region.inputs)} values from outside ({names}); only single-input regions fold"
+        return f"reads {len(region.inputs)} values from outside ({names}); a region folds whole from one input only"
     if region.shared:
         return f"{region.shared[0].name} is also read outside the region; folding would compute it twice"
     ops = _region_ops(region)
@@ -234,11 +234,11 @@ def _sweep(gm, shapes, max_fold_bytes: int, notes: Notes, declined: Notes, memo:
         key = (tuple(region.nodes), tuple(region.inputs))
         option = memo.get(key) or _choose(gm, region, shapes, max_fold_bytes)
         if isinstance(option, str):
-            parts = 0 if option.startswith("already a single") or key in memo else \
+            parts, tried = (0, 0) if option.startswith("already a single") or key in memo else \
                 _fold_parts(gm, region, shapes, max_fold_bytes, notes, touched)
             folded += parts
             if not parts:
-                memo[key] = option
+                memo[key] = option = option + (f"; none of its {tried} single-input parts folds for less" if tried else "")
             if not option.startswith("already a single"):
                 declined.declined(f"{region.describe()} kept" + (f" whole ({parts} single-input parts folded)"
                                                                   if parts else "") + f": {option}", region.output.name)
@@ -255,12 +255,14 @@ def _choose(gm, region: Region, shapes, max_fold_bytes: int) -> Option | str:
         return f"evaluating it failed ({type(exc).__name__}: {exc})"
 
 
-def _fold_parts(gm, region: Region, shapes, max_fold_bytes: int, notes: Notes, used: set[fx.Node]) -> int:
+def _fold_parts(gm, region: Region, shapes, max_fold_bytes: int, notes: Notes,
+                used: set[fx.Node]) -> tuple[int, int]:
     """Folds the largest single-input parts of a region that cannot fold whole, none overlapping
-    (`used` collects the values they replaced)."""
+    (`used` collects the values they replaced); (parts folded, parts weighed)."""
     replaced: dict[fx.Node, fx.Node] = {}
     count = 0
-    for part in sub_regions(gm, region, shapes):
+    parts = sub_regions(gm, region, shapes)
+    for part in parts:
         if used & set(part.nodes):
             continue
         part.inputs = [replaced.get(part.inputs[0], part.inputs[0])]  # a part folded just now: read its fold
@@ -273,7 +275,7 @@ def _fold_parts(gm, region: Region, shapes, max_fold_bytes: int, notes: Notes, u
             replaced[part.output] = y
             shapes[y] = shapes[part.output]
             count += 1
-    return count
+    return count, len(parts)
 
 
 def _fold(gm, region: Region, option: Option, shapes, notes: Notes) -> fx.Node | None:

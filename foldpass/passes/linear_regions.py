@@ -175,7 +175,7 @@ def sub_regions(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, ShapeI
     const = constant_nodes(gm)
     members = set(region.nodes)
     order = {n: i for i, n in enumerate(region.nodes)}
-    found: dict[frozenset, Region] = {}
+    found: dict[frozenset, Region] = {frozenset(region.nodes): region}  # the whole is not a part
     for sink in region.nodes:
         if sink.target in _TUPLE_OUT:
             continue
@@ -195,7 +195,8 @@ def sub_regions(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, ShapeI
             if sub.macs > 0:
                 sub.bytes = _region_bytes(gm, sub, shapes)
                 found[frozenset(cone)] = sub
-    return sorted(found.values(), key=lambda r: (-len(r.compute_nodes), order[r.output]))
+    parts = [r for r in found.values() if r is not region]
+    return sorted(parts, key=lambda r: (-len(r.compute_nodes), order[r.output]))
 
 
 def _region_bytes(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, ShapeInfo]) -> int:
