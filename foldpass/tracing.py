@@ -66,9 +66,12 @@ def _normalize(ep: ExportedProgram, inputs: tuple[torch.Tensor, ...], static: bo
     return gm
 
 
-# Activations kept whole: ONNX has an op for each (HardSwish, ...), and their decompositions into
-# clamp / add / mul / div run slower. None of them is affine, so no pass needs to look inside.
-KEEP_WHOLE = ("hardswish", "hardsigmoid", "silu", "mish", "softplus")
+# Ops kept whole. Activations: ONNX has an op for each (HardSwish, ...), and their decompositions
+# into clamp / add / mul / div run slower. Attention: torch.onnx writes scaled_dot_product_attention
+# as the direct export does (MatMul, Softmax, MatMul), while its decomposition adds a guard for
+# fully masked rows (Equal, Not, ReduceMax, Cast, Where: 7 ops per attention block). None of them
+# is affine, so no pass needs to look inside.
+KEEP_WHOLE = ("hardswish", "hardsigmoid", "silu", "mish", "softplus", "scaled_dot_product_attention")
 
 
 def _decompositions() -> dict:

@@ -71,3 +71,15 @@ def test_batchnorm1d_on_a_3d_input_normalizes_dim_1_and_is_kept():
 
     result = check_pass(batchnorm_folding, randomize_batchnorm(Channels()), {}, x=torch.randn(2, 3, 2, 2), prep=PREP)
     assert any("not a conv or linear" in n.message for n in result.notes)
+
+
+def test_bn_before_an_unpadded_conv_folds_into_it():
+    model = randomize_batchnorm(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 6, 1)))
+    check_pass(batchnorm_folding, model, {"_native_batch_norm_legit_no_training": -1}, prep=PREP)
+
+
+def test_bn_before_a_padded_conv_is_kept():
+    model = randomize_batchnorm(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.BatchNorm2d(4),
+                                              nn.Conv2d(4, 6, 3, padding=1)))
+    result = check_pass(batchnorm_folding, model, {}, prep=PREP)
+    assert any("does not feed one unpadded conv" in n.message for n in result.notes)

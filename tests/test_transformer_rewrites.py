@@ -91,3 +91,22 @@ def test_save_onnx_counts_the_direct_export_and_warns_when_foldpass_writes_more(
     result.save_onnx(tmp_path / "b.onnx")
     assert any(w.startswith("foldpass's ONNX has 2 ops, the direct export (torch.onnx.export, dynamo=True) 1: more")
                for w in result.report.warnings), result.report.warnings
+
+
+def test_attention_exports_without_the_masked_row_guard(tmp_path):
+    import onnx
+
+    import foldpass
+
+    class SDPA(nn.Module):
+        def forward(self, x):  # [B, N, 24] -> q, k, v of [B, 2, N, 4]
+            b, n, c = x.shape
+            q, k, v = x.reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4)
+            return nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, 8)
+
+    result = foldpass.optimize(SDPA().eval(), torch.randn(1, 5, 24))
+    result.save_onnx(tmp_path / "a.onnx")
+    ops = [n.op_type for n in onnx.load(tmp_path / "a.onnx").graph.node]
+    assert ops.count("MatMul") == 2 and "Softmax" in ops
+    assert not {"Where", "ReduceMax", "Not", "Equal"} & set(ops)  # the decomposition's guard is not there
+    assert sum(result.report.onnx_ops.values()) <= sum(result.report.direct_ops.values())

@@ -6,7 +6,7 @@ import os
 import statistics
 
 STATIC = "static t = 0.5"
-RECIPE_RUN = "cosine t from 0.9 per step, t = 0 for the last 30 %, cosine lr"  # the foldpass recipe
+RECIPE_RUN = "cosine t from 0.9 per step, t = 0 for the last 30 %, cosine lr, BN frozen at t = 0"  # the default
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:

@@ -51,7 +51,6 @@ ABLATION = {
                                                             "constant"),
     "cosine t from 0.9 per step, t = 0 for the last 30 %, cosine lr": ("cosine", 0.9, {"per": "step",
                                                                                        "zero_fraction": 0.3}, "cosine"),
-    "paper schedule, cosine lr, BN frozen at t = 0": ("paper", 0.9, {"freeze_bn": True}, "cosine"),
     "cosine t from 0.9 per step, t = 0 for the last 30 %, cosine lr, BN frozen at t = 0": (
         "cosine", 0.9, {"per": "step", "zero_fraction": 0.3, "freeze_bn": True}, "cosine"),
 }
@@ -191,6 +190,8 @@ def tasks(phase: str, args, results: dict) -> list[dict]:
             out.append(dict(base, phase=phase, key=f"resnet34/{seed}", model="resnet34", seed=seed,
                             epochs=args.deskip_epochs, load=f"{settings_key(args)}-static-{seed}.pt",
                             save=f"{settings_key(args)}-resnet34-{seed}"))
+    if args.variant:
+        out = [t for t in out if args.variant in t["key"]]
     return [t for t in out if t["key"] not in results.get(phase, {})]
 
 
@@ -242,7 +243,7 @@ def bench_phase(args, results: dict) -> None:
 # ----------------------------------------------------------------------------- docs
 
 def json_path(args) -> str:
-    return os.path.join(DOCS if not args.quick else CACHE, "homotopy.json")
+    return args.json or os.path.join(DOCS if not args.quick else CACHE, "homotopy.json")
 
 
 def save(results: dict, args) -> None:
@@ -269,11 +270,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 seed, 20 steps per t, 2 + 2 epochs; its own JSON")
     parser.add_argument("--docs-only", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="drop the cached results and start over")
+    parser.add_argument("--variant", help="only the runs whose name contains this")
+    parser.add_argument("--json", help="keep the results in this file (default docs/homotopy.json)")
+    parser.add_argument("--merge", action="append", default=[], help="add the runs of another results file")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.steps_per_t, args.deskip_train_epochs, args.deskip_epochs, args.rounds = 1, 20, 2, 2, 3
     path = json_path(args)
     results = json.load(open(path)) if os.path.exists(path) else {}
+    for other in args.merge:  # runs made by another process into their own file (the same settings)
+        extra = json.load(open(other))
+        if extra.get("meta", {}).get("settings") != results.get("meta", {}).get("settings"):
+            sys.exit(f"{other} holds runs made with other settings")
+        for phase in ("figure3", "ablation", "figure2", "deskip", "bench"):
+            results.setdefault(phase, {}).update(extra.get(phase, {}))
+        for phase, seconds in extra.get("wall", {}).items():
+            results.setdefault("wall", {})[phase] = results.get("wall", {}).get(phase, 0) + seconds
+        save(results, args)
     if not args.docs_only:
         import torch
 

@@ -37,7 +37,7 @@ def parity(entry: dict) -> str:
 def speed(entry: dict) -> str:
     s = entry.get("speed")
     if not s:
-        return "(same ops)" if entry.get("status") == "verified" and "speed" not in entry else "-"
+        return "not timed"
     parts = []
     for batch in (1, 8):
         row = [f"{kind} {s[f'{kind}@{batch}']['vs_direct']:.2f}x" for kind in ("foldpass", "deploy")
@@ -69,7 +69,7 @@ def write_docs(results: dict, folder: str) -> None:
         lines += [f"## {title}", "",
                   f"{len(group)} tried, {len(done)} verified, {len(at_parity)} with no more convs, batch norms or "
                   "ops than the deploy form (where there is one) and no more ops than the direct export.", "",
-                  "| model | params | direct | deploy | foldpass | parity | max error | optimize | speed |",
+                  "| model | params | direct | deploy | foldpass | parity | max error / scale | optimize | speed |",
                   "|---|---:|---|---|---|---|---:|---:|---|"]
         for name, e in group.items():
             ops = e.get("ops", {})
@@ -88,7 +88,7 @@ def write_docs(results: dict, folder: str) -> None:
                     kept.setdefault(reason, []).append(k.removeprefix("tv:"))
         if kept:
             lines += ["", "What `--explain` says was kept (names and numbers blanked), with the models it says it of:", ""]
-            for reason, names in sorted(kept.items(), key=lambda kv: -len(kv[1]))[:12]:
+            for reason, names in sorted(kept.items(), key=lambda kv: -len(kv[1]))[:8]:
                 lines.append(f"- {reason[:220]} ({', '.join(names[:6])}{' ...' if len(names) > 6 else ''})")
         lines.append("")
     with open(os.path.join(folder, "zoo.md"), "w") as f:

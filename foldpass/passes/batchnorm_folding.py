@@ -8,6 +8,10 @@ run in float64 and cast back to the weights' dtype. Folds only an eval-mode BN
 (`_native_batch_norm_legit_no_training`) whose input is a conv / addmm / mm read by nothing else.
 
     BN(x @ W)  ->  x @ W' + b'                       (matmul with a constant 2-D weight)
+    conv(BN(x))  ->  conv'(x)                        BN before a conv (NextViT's pre-norm), when the
+        W' = W * s (per input channel)               conv pads nothing (a zero border of BN(x) is not
+        b' = b + sum W * t,  s = gamma / sigma,      BN of a zero border) and has groups 1
+        t = beta - mean * s
     BN1d over flattened tokens (LeViT's LinearNorm):
     BN(reshape(x @ W^T, [B * N, C]))  ->  reshape(x @ W'^T + b', [B * N, C])
     a 2-D batch norm normalizes the last dim; a reshape that keeps the last dim keeps every
@@ -90,6 +94,39 @@ def _why_not(gm: fx.GraphModule, bn: fx.Node) -> str | None:
     return None
 
 
+def _fold_into_next_conv(gm: fx.GraphModule, bn: fx.Node) -> bool:
+    """conv(BN(x)) -> conv'(x) (see the module docstring); False where the pattern is not there."""
+    out = _bn_output(bn)
+    users = list(out.users) if out is not None else []
+    if len(users) != 1 or users[0].target != aten.convolution.default or users[0].args[0] is not out:
+        return False
+    conv = users[0]
+    w, b = constant_value(gm, conv.args[1]), constant_value(gm, conv.args[2]) if conv.args[2] is not None else None
+    consts = [constant_value(gm, a) for a in bn.args[1:5]]
+    if not isinstance(w, torch.Tensor) or (conv.args[2] is not None and not isinstance(b, torch.Tensor)):
+        return False
+    if any(not isinstance(c, torch.Tensor) for c in consts[2:]) or conv.args[6] or conv.args[8] != 1:
+        return False
+    if any(p != 0 for p in conv.args[4]) or w.dim() != 4:
+        return False
+    gamma, beta, mean, var = (_f64(c) if c is not None else None for c in consts)
+    gamma = torch.ones_like(mean) if gamma is None else gamma
+    beta = torch.zeros_like(mean) if beta is None else beta
+    scale = gamma / torch.sqrt(var + float(bn.args[6]))
+    shift = beta - mean * scale
+    w64 = _f64(w)
+    w2 = w64 * scale[None, :, None, None]
+    b2 = (torch.zeros(w.shape[0], dtype=torch.float64) if b is None else _f64(b)) + (w64 * shift[None, :, None, None]).sum((1, 2, 3))
+    new_w = add_constant(gm, w2.to(w.dtype), "w", before=conv)
+    new_b = add_constant(gm, b2.to(w.dtype), "b", before=conv)
+    conv.args = (bn.args[0], new_w, new_b, *conv.args[3:])
+    name = joined([bn, conv])
+    record(gm, conv, new_w, NAME, f"{_described(bn)} + {_described(conv)} -> one convolution (BN before the conv)", name)
+    label(gm, new_w, name and f"{name}.weight")
+    label(gm, new_b, name and f"{name}.bias")
+    return True
+
+
 def _described(node: fx.Node) -> str:
     return f"{module_path(node)} ({module_type(node)})" if module_path(node) else node.name
 
@@ -98,13 +135,17 @@ def batchnorm_folding(gm: fx.GraphModule) -> PassResult:
     """Replaces an eval-mode BN after a conv or linear by rescaled weights of that conv / linear."""
     notes = Notes(NAME)
     folded = 0
-    kinds = {"conv": 0, "linear": 0}
+    kinds = {"conv": 0, "linear": 0, "following conv": 0}
     for bn in list(gm.graph.nodes):
         if bn.op != "call_function" or bn.target != _BN:
             continue
         why = _why_not(gm, bn)
+        if why and _fold_into_next_conv(gm, bn):
+            folded += 1
+            kinds["following conv"] += 1
+            continue
         if why:
-            notes.declined(f"batch norm kept: {why}", bn.name)
+            notes.declined(f"batch norm kept: {why}, and its output does not feed one unpadded conv alone", bn.name)
             continue
         producer, out = _producer(bn), _bn_output(bn)
         gamma, beta, mean, var = (constant_value(gm, a) for a in bn.args[1:5])
