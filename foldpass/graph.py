@@ -20,6 +20,22 @@ STATIC_KEY = "foldpass_static_batch"  # gm.meta: the batch size the graph is fix
 VIEW_OPS = frozenset({aten.view.default, aten._unsafe_view.default, aten.reshape.default})
 
 
+def shape_of(node) -> tuple | None:
+    """The shape the trace recorded for a node's value (symbolic sizes included), or None."""
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
+
+
+def same_shape(a: tuple | None, b: tuple | None) -> bool:
+    """Whether two recorded shapes are provably equal (an undecidable symbolic size: not equal)."""
+    if a is None or b is None or len(a) != len(b):
+        return False
+    try:
+        return all(bool(x == y) for x, y in zip(a, b))
+    except Exception:  # noqa: BLE001 - a symbolic comparison that cannot be decided
+        return False
+
+
 def ancestors(node: fx.Node, within: Callable[[fx.Node], bool] | None = None) -> set[fx.Node]:
     """`node` and every node it reads, transitively (only through nodes `within` accepts, if given)."""
     seen: set[fx.Node] = set()

@@ -18,35 +18,23 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from ..graph import VIEW_OPS, same_shape, shape_of
 from .base import Notes, PassResult
 
 NAME = "batched_matmul"
 aten = torch.ops.aten
-_RESHAPES = {aten.view.default, aten._unsafe_view.default, aten.reshape.default}
-
-
-def _shape(node) -> tuple | None:
-    val = node.meta.get("val") if isinstance(node, fx.Node) else None
-    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
-
-
-def _same(a, b) -> bool:
-    try:
-        return a is not None and b is not None and len(a) == len(b) and all(bool(x == y) for x, y in zip(a, b))
-    except Exception:  # noqa: BLE001 - undecidable symbolic sizes
-        return False
 
 
 def _operand(node, lead: tuple) -> fx.Node | None:
     """A for view(clone?(expand?(A)), [L, ., .]) where A's leading dims broadcast to `lead`."""
-    if not (isinstance(node, fx.Node) and node.target in _RESHAPES):
+    if not (isinstance(node, fx.Node) and node.target in VIEW_OPS):
         return None
     src = node.args[0]
     while isinstance(src, fx.Node) and src.target in (aten.clone.default, aten.expand.default):
         if src.target is aten.clone.default and src.kwargs.get("memory_format") not in (None, torch.contiguous_format):
             return None
         src = src.args[0]
-    shape = _shape(src)
+    shape = shape_of(src)
     if shape is None or len(shape) != len(lead) + 2:
         return None
     try:
@@ -54,7 +42,7 @@ def _operand(node, lead: tuple) -> fx.Node | None:
             return None
     except Exception:  # noqa: BLE001 - not broadcastable, or undecidable
         return None
-    if not _same(_shape(node)[1:], shape[-2:]):
+    if not same_shape(shape_of(node)[1:], shape[-2:]):
         return None
     return src
 
@@ -67,8 +55,8 @@ def batched_matmul(gm: fx.GraphModule) -> PassResult:
         if node.op != "call_function" or node.target is not aten.bmm.default or len(node.users) != 1:
             continue
         out = next(iter(node.users))
-        out_shape = _shape(out)
-        if out.target not in _RESHAPES or out_shape is None or len(out_shape) < 3:
+        out_shape = shape_of(out)
+        if out.target not in VIEW_OPS or out_shape is None or len(out_shape) < 3:
             continue
         lead = out_shape[:-2]
         a, b = (_operand(arg, lead) for arg in node.args[:2])

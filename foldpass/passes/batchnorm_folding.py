@@ -26,7 +26,7 @@ import torch
 import torch.fx as fx
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from ..graph import add_constant, constant_value, drop_unused_attrs
+from ..graph import VIEW_OPS, add_constant, constant_value, drop_unused_attrs
 from ..provenance import joined, label, module_path, module_type, record
 from .base import Notes, PassResult
 
@@ -48,7 +48,6 @@ def _bn_output(bn: fx.Node) -> fx.Node | None:
     return live[0] if len(live) == 1 else None
 
 
-_RESHAPES = {aten.view.default, aten._unsafe_view.default, aten.reshape.default}
 _LINEAR = {aten.addmm.default, aten.mm.default, aten.matmul.default}
 
 
@@ -66,7 +65,7 @@ def _producer(bn: fx.Node) -> fx.Node:
         return node
     channels = _last_dim(node)
     walk = node
-    while walk.target in _RESHAPES and len(walk.users) == 1 and _last_dim(walk.args[0]) == channels:
+    while walk.target in VIEW_OPS and len(walk.users) == 1 and _last_dim(walk.args[0]) == channels:
         walk = walk.args[0]
     return walk if walk.target in _LINEAR and _last_dim(walk) == channels else node
 

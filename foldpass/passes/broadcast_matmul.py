@@ -16,17 +16,12 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from ..graph import VIEW_OPS, drop_unused_attrs
+from ..graph import VIEW_OPS, drop_unused_attrs, shape_of
 from .base import Notes, PassResult
 from .constant_propagation import constant_nodes
 
 NAME = "broadcast_matmul"
 aten = torch.ops.aten
-
-
-def _shape(node) -> tuple[int, ...] | None:
-    val = node.meta.get("val") if isinstance(node, fx.Node) else None
-    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
 
 
 def _expanded(node) -> fx.Node | None:
@@ -46,12 +41,12 @@ def _match(node: fx.Node, const: set[fx.Node]) -> str | tuple[fx.Node, fx.Node] 
     x, w = _expanded(a), _expanded(b)
     if x is None or w is None:
         return None
-    xs, ws = _shape(x), _shape(w)
-    if xs is None or ws is None or _shape(node) is None:
+    xs, ws = shape_of(x), shape_of(w)
+    if xs is None or ws is None or shape_of(node) is None:
         return "the shapes of its operands are not known"
     if w not in const or len(ws) != 2:
         return "the broadcast operand is not a constant 2-D weight"
-    if len(xs) != 3 or xs != _shape(a):
+    if len(xs) != 3 or xs != shape_of(a):
         return f"the data operand {list(xs)} is itself broadcast"
     return x, w
 

@@ -18,17 +18,12 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from ..graph import VIEW_OPS, shape_of
 from .base import Notes, PassResult
 from .constant_propagation import constant_nodes
 
 NAME = "linear_matmul"
 aten = torch.ops.aten
-_RESHAPES = {aten.view.default, aten._unsafe_view.default, aten.reshape.default}
-
-
-def _shape(node) -> tuple | None:
-    val = node.meta.get("val") if isinstance(node, fx.Node) else None
-    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
 
 
 def _match(node: fx.Node, const: set[fx.Node]) -> tuple[fx.Node, fx.Node, fx.Node | None] | None:
@@ -39,12 +34,12 @@ def _match(node: fx.Node, const: set[fx.Node]) -> tuple[fx.Node, fx.Node, fx.Nod
             return None
     else:
         (flat, w), bias = node.args[:2], None
-    if not (isinstance(flat, fx.Node) and flat.target in _RESHAPES and len(flat.users) == 1) or w not in const:
+    if not (isinstance(flat, fx.Node) and flat.target in VIEW_OPS and len(flat.users) == 1) or w not in const:
         return None
     x = flat.args[0]
     out = next(iter(node.users)) if len(node.users) == 1 else None
-    xs, ws, outs = _shape(x), _shape(w), _shape(out) if out is not None else None
-    if out is None or out.target not in _RESHAPES or xs is None or ws is None or outs is None:
+    xs, ws, outs = shape_of(x), shape_of(w), shape_of(out) if out is not None else None
+    if out is None or out.target not in VIEW_OPS or xs is None or ws is None or outs is None:
         return None
     if len(xs) < 3 or len(ws) != 2 or outs != (*xs[:-1], ws[1]) or xs[-1] != ws[0]:
         return None

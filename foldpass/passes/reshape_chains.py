@@ -14,25 +14,11 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from ..graph import VIEW_OPS, same_shape, shape_of
 from .base import Notes, PassResult
 
 NAME = "reshape_chains"
 aten = torch.ops.aten
-_RESHAPES = {aten.view.default, aten._unsafe_view.default, aten.reshape.default}
-
-
-def _shape(node) -> tuple | None:
-    val = node.meta.get("val") if isinstance(node, fx.Node) else None
-    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
-
-
-def _same(a: tuple | None, b: tuple | None) -> bool:
-    if a is None or b is None or len(a) != len(b):
-        return False
-    try:
-        return all(bool(x == y) for x, y in zip(a, b))
-    except Exception:  # noqa: BLE001 - a symbolic comparison that cannot be decided: not the same
-        return False
 
 
 def reshape_chains(gm: fx.GraphModule) -> PassResult:
@@ -40,16 +26,16 @@ def reshape_chains(gm: fx.GraphModule) -> PassResult:
     notes = Notes(NAME)
     chained = dropped = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in _RESHAPES:
+        if node.op != "call_function" or node.target not in VIEW_OPS:
             continue
         src = node.args[0]
-        while isinstance(src, fx.Node) and src.op == "call_function" and src.target in _RESHAPES:
+        while isinstance(src, fx.Node) and src.op == "call_function" and src.target in VIEW_OPS:
             src = src.args[0]
         if src is not node.args[0]:
             node.target = aten.reshape.default  # view needs strides that fit; reshape takes any layout
             node.args = (src, *node.args[1:])
             chained += 1
-        if _same(_shape(node), _shape(src)) and isinstance(src, fx.Node):
+        if same_shape(shape_of(node), shape_of(src)) and isinstance(src, fx.Node):
             node.replace_all_uses_with(src)
             dropped += 1
     if chained or dropped:
