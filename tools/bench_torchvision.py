@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 import foldpass  # noqa: E402
+import models  # noqa: E402
 from foldpass.benchmark import bench_with_peers, environment  # noqa: E402
 from foldpass.export import onnx_op_counts, save_atomic, to_onnx  # noqa: E402
 from multibranch import RepNet  # noqa: E402

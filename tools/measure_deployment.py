@@ -15,7 +15,6 @@ and it records the ONNX input shape foldpass wrote and fp16's error against the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

@@ -28,7 +28,6 @@ import datetime
 import json
 import multiprocessing
 import os
-import statistics
 import sys
 import time
 
