@@ -216,6 +216,12 @@ def write_docs(results: dict, folder: str) -> None:
         "`--docs-only` redraws this page). Wall time of each phase on this machine, two one-thread workers: "
         + ", ".join(f"{k} {minutes(v)}" for k, v in wall.items()) + ".",
         "",
+        "Why width 8 and these budgets: one training step of batch 64 took 25 ms at width 8 and 49 ms at width 16 "
+        "(one thread, measured first with nothing else running; two threads are no faster for nets this small), so "
+        "a ten-stage run at the paper's 938 steps per t is about 4 minutes at width 8, and Figure 3 with the "
+        "ablation (8 variants x 3 seeds) fits a session on two cores; Figure 2 took 1 seed per point. A later "
+        "session can raise `--seeds` or `--width`: the script only adds the runs that are missing.",
+        "",
         "Convention: layer input = (1 - t) * branch + t * shortcut, so t = 0 is the plain network. The paper's "
         "eq. 23 prints the two roles swapped; its text and Figure 2 use this reading.",
         "",
