@@ -50,7 +50,7 @@ def linear_matmul(gm: fx.GraphModule) -> PassResult:
     """Rewrites every token-wise linear's reshape + Gemm + reshape as matmul (+ add)."""
     notes = Notes(NAME)
     const = constant_nodes(gm)
-    rewritten = 0
+    rewritten = biased = 0
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in (aten.addmm.default, aten.mm.default):
             continue
@@ -65,11 +65,12 @@ def linear_matmul(gm: fx.GraphModule) -> PassResult:
             if bias is not None:
                 y = gm.graph.call_function(aten.add.Tensor, (y, bias))
                 y.meta["val"] = out.meta.get("val")
+                biased += 1
         y.meta.update({k: v for k, v in node.meta.items() if k != "val"})  # provenance: the linear's
         out.replace_all_uses_with(y)
         rewritten += 1
     if rewritten:
         gm.graph.eliminate_dead_code()
-        notes.applied(f"{rewritten} token-wise linear(s): reshape + Gemm + reshape -> MatMul" +
-                      (" + Add" if rewritten else ""))
+        notes.applied(f"{rewritten} token-wise linear(s): reshape + Gemm + reshape -> MatMul ({biased} with an Add "
+                      "for the bias)")
     return PassResult(gm, rewritten > 0, notes)
