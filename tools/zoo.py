@@ -66,10 +66,9 @@ def build(name: str):
 def ops_of(path: str) -> dict[str, int]:
     import onnx
 
-    counts: dict[str, int] = {}
-    for node in onnx.load(path, load_external_data=False).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
+    from foldpass.export import onnx_op_counts
+
+    return onnx_op_counts(onnx.load(path, load_external_data=False))
 
 
 def kept_reasons(declined) -> dict[str, int]:

@@ -56,6 +56,11 @@ def recipe(name: str = DEFAULT_RECIPE, **overrides) -> Recipe:
     return replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _resolve(chosen: Recipe | str) -> Recipe:
+    """A Recipe as it is, or the named one (an unknown name: InputError, as `recipe` says it)."""
+    return chosen if isinstance(chosen, Recipe) else recipe(chosen)
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -108,9 +113,7 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
     model's function at t0). Without it the model must already have a blend weight t.
     """
     _check(epochs, batch_size, limit, steps_per_t)
-    plan_recipe = RECIPES[recipe] if isinstance(recipe, str) and recipe in RECIPES else recipe
-    if not isinstance(plan_recipe, Recipe):
-        raise InputError(f"unknown recipe '{recipe}'; valid recipes: {', '.join(RECIPES)}")
+    plan_recipe = _resolve(recipe)
     rank, device = init_distributed()
     train_set, val_set = load_dataset(data, data_dir, download, limit)
     steps = steps_per_t or -(-len(train_set) // batch_size)
@@ -136,9 +139,7 @@ def deskip(model: nn.Module, *, epochs: int = 5, t0: float = 0.5, recipe: Recipe
     A model that already has blends (a weight t) starts from its own t. `options` go to
     train_homotopy (steps_per_t, data_dir, lr, seed, checkpoint, progress, log, ...).
     """
-    base = RECIPES.get(recipe, recipe) if isinstance(recipe, str) else recipe
-    if not isinstance(base, Recipe):
-        raise InputError(f"unknown recipe '{recipe}'; valid recipes: {', '.join(RECIPES)}")
+    base = _resolve(recipe)
     _, val_set = load_dataset(data, options.get("data_dir"), options.get("download", False), options.get("limit"))
     model.eval()
     original_acc = evaluate(model, val_set)[1]

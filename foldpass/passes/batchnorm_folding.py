@@ -26,7 +26,7 @@ import torch
 import torch.fx as fx
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from ..graph import VIEW_OPS, add_constant, constant_value, drop_unused_attrs
+from ..graph import VIEW_OPS, add_constant, constant_value, drop_unused_attrs, shape_of
 from ..provenance import joined, label, module_path, module_type, record
 from .base import Notes, PassResult
 
@@ -52,16 +52,16 @@ _LINEAR = {aten.addmm.default, aten.mm.default, aten.matmul.default}
 
 
 def _last_dim(node: fx.Node) -> int | None:
-    val = node.meta.get("val") if isinstance(node, fx.Node) else None
-    return int(val.shape[-1]) if isinstance(val, torch.Tensor) and val.dim() and isinstance(val.shape[-1], int) else None
+    shape = shape_of(node)
+    return int(shape[-1]) if shape and isinstance(shape[-1], int) else None
 
 
 def _producer(bn: fx.Node) -> fx.Node:
     """The op the BN normalizes: its input, or for a 2-D BN the linear behind reshapes that keep
     the last (channel) dim and that nothing else reads."""
     node = bn.args[0]
-    val = node.meta.get("val") if isinstance(node, fx.Node) else None
-    if not isinstance(val, torch.Tensor) or val.dim() != 2:
+    shape = shape_of(node)
+    if shape is None or len(shape) != 2:
         return node
     channels = _last_dim(node)
     walk = node
