@@ -80,12 +80,17 @@ def sha256(path: str) -> str:
 def stamp(model, gm: fx.GraphModule, metadata: dict[str, str]):
     """Writes the recorded provenance into the ONNX model (in place; returned)."""
     produced = gm.meta.get(NODES_KEY, {})
+    names = {node.name for node in model.graph.node}
     for node in model.graph.node:
         info = next((produced[i] for i in node.input if i in produced), None)
         if info:
             node.doc_string = f"{info['pass']}: {info['replaced']}"
-            if info["name"]:
-                node.name = info["name"]
+            if info["name"] and info["name"] != node.name:  # node names must stay unique: name, name_2, ...
+                new = next(n for n in (info["name"], *(f"{info['name']}_{k}" for k in range(2, len(names) + 2)))
+                           if n not in names)
+                names.discard(node.name)
+                names.add(new)
+                node.name = new
     renames = {k: v for k, v in gm.meta.get(CONSTANTS_KEY, {}).items()}
     taken = {i.name for i in model.graph.initializer} | {v.name for v in model.graph.input}
     mapping = {}

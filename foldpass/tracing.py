@@ -69,9 +69,11 @@ def _normalize(ep: ExportedProgram, inputs: tuple[torch.Tensor, ...], static: bo
 # Ops kept whole. Activations: ONNX has an op for each (HardSwish, ...), and their decompositions
 # into clamp / add / mul / div run slower. Attention: torch.onnx writes scaled_dot_product_attention
 # as the direct export does (MatMul, Softmax, MatMul), while its decomposition adds a guard for
-# fully masked rows (Equal, Not, ReduceMax, Cast, Where: 7 ops per attention block). None of them
-# is affine, so no pass needs to look inside.
-KEEP_WHOLE = ("hardswish", "hardsigmoid", "silu", "mish", "softplus", "scaled_dot_product_attention")
+# fully masked rows (Equal, Not, ReduceMax, Cast, Where: 7 ops per attention block). Einsum: ONNX
+# has Einsum, and its decomposition writes 4 to 6 Unsqueeze / Transpose / Reshape ops around each
+# MatMul (MaxViT's attention: 44 einsums, +390 ops). None of them is affine in its activations, so
+# no pass needs to look inside; an einsum that reads a weight is kept whole too, and is not folded.
+KEEP_WHOLE = ("hardswish", "hardsigmoid", "silu", "mish", "softplus", "scaled_dot_product_attention", "einsum")
 
 
 def _decompositions() -> dict:

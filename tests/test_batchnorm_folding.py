@@ -3,7 +3,7 @@ from torch import nn
 
 from conftest import check_pass
 from models import randomize_batchnorm
-from foldpass.passes import batchnorm_folding, constant_propagation
+from foldpass.passes import batchnorm_folding, broadcast_matmul, constant_propagation
 
 PREP = (lambda gm: constant_propagation(gm),)
 
@@ -82,4 +82,55 @@ def test_bn_before_a_padded_conv_is_kept():
     model = randomize_batchnorm(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.BatchNorm2d(4),
                                               nn.Conv2d(4, 6, 3, padding=1)))
     result = check_pass(batchnorm_folding, model, {}, prep=PREP)
-    assert any("does not feed one unpadded conv" in n.message for n in result.notes)
+    assert any("is padded, grouped or transposed" in n.message for n in result.notes)
+
+
+class PreNormAttention(nn.Module):
+    """NextViT's NextTransformerBlock input: BN2d -> tokens -> q, and -> pooled -> BN1d -> k, v."""
+
+    def __init__(self, c=6, bias=True):
+        super().__init__()
+        self.norm1, self.norm = nn.BatchNorm2d(c), nn.BatchNorm1d(c)
+        self.q, self.k, self.v = (nn.Linear(c, c, bias=bias) for _ in range(3))
+        self.sr = nn.AvgPool1d(4, 4)
+
+    def forward(self, x):  # [B, C, H, W]
+        b, c = x.shape[:2]
+        tokens = self.norm1(x).reshape(b, c, -1).transpose(-1, -2)
+        pooled = self.norm(self.sr(tokens.transpose(1, 2))).transpose(1, 2)
+        return self.q(tokens).sum(1) + self.k(pooled).sum(1) * self.v(pooled).sum(1)
+
+
+def test_prenorm_batch_norms_fold_forward_into_every_linear_that_reads_them():
+    x = torch.randn(2, 6, 4, 4)
+    prep = (*PREP, lambda gm: broadcast_matmul(gm))  # a Linear on tokens: x @ W, as the pipeline has it by now
+    check_pass(batchnorm_folding, randomize_batchnorm(PreNormAttention()), {"_native_batch_norm_legit_no_training": -2},
+               x=x, prep=prep)
+    # without biases the linears get one: an add each
+    check_pass(batchnorm_folding, randomize_batchnorm(PreNormAttention(bias=False)),
+               {"_native_batch_norm_legit_no_training": -2, "add": 3}, x=x, prep=prep)
+
+
+def test_a_final_batch_norm_folds_into_the_classifier_through_the_pooling():
+    model = randomize_batchnorm(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.BatchNorm2d(4),
+                                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)))
+    check_pass(batchnorm_folding, model, {"_native_batch_norm_legit_no_training": -1}, prep=PREP)
+
+
+def test_a_batch_norm_read_by_a_nonlinearity_or_a_channel_merging_reshape_is_kept():
+    for mid, reason in ((nn.ReLU(), "is not linear per channel"), (nn.Flatten(), "merges the channel dim")):
+        model = randomize_batchnorm(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), mid,
+                                                  nn.Flatten(), nn.LazyLinear(3)))
+        model(torch.randn(1, 1, 28, 28))
+        result = check_pass(batchnorm_folding, model, {}, prep=PREP)
+        assert any(reason in n.message for n in result.notes), [n.message for n in result.notes]
+
+
+def test_prenorm_folds_export_with_distinct_node_names(tmp_path):
+    """k and v each absorb two BNs and come out with the same provenance name: the ONNX file must
+    still give every node its own name (onnxruntime refuses duplicates)."""
+    import foldpass
+
+    result = foldpass.optimize(randomize_batchnorm(PreNormAttention(bias=False)).eval(), torch.randn(1, 6, 4, 4))
+    result.save_onnx(tmp_path / "p.onnx")
+    assert "BatchNormalization" not in result.report.onnx_ops

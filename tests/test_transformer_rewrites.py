@@ -110,3 +110,20 @@ def test_attention_exports_without_the_masked_row_guard(tmp_path):
     assert ops.count("MatMul") == 2 and "Softmax" in ops
     assert not {"Where", "ReduceMax", "Not", "Equal"} & set(ops)  # the decomposition's guard is not there
     assert sum(result.report.onnx_ops.values()) <= sum(result.report.direct_ops.values())
+
+
+def test_einsum_attention_exports_as_einsum_not_its_decomposition(tmp_path):
+    import foldpass
+
+    class EinsumAttention(nn.Module):  # torchvision MaxViT's RelativePositionalMultiHeadAttention
+        def forward(self, x):  # [B, G, P, 24] -> q, k, v of [B, G, 2, P, 4]
+            b, g, p, _ = x.shape
+            q, k, v = x.reshape(b, g, p, 3, 2, 4).permute(3, 0, 1, 4, 2, 5)
+            attn = torch.einsum("B G H I D, B G H J D -> B G H I J", q, k).softmax(-1)
+            return torch.einsum("B G H I J, B G H J D -> B G H I D", attn, v).sum(2)
+
+    result = foldpass.optimize(EinsumAttention().eval(), torch.randn(1, 3, 5, 24))
+    result.save_onnx(tmp_path / "e.onnx")
+    assert result.report.onnx_ops.get("Einsum") == 2
+    assert sum(result.report.onnx_ops.values()) <= sum(result.report.direct_ops.values()), \
+        (result.report.onnx_ops, result.report.direct_ops)

@@ -17,6 +17,7 @@ The recipes (docs/homotopy.md has the ablation that chose the default):
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -40,12 +41,13 @@ class Recipe:
     zero_fraction: float = 0.0
     lr_schedule: str = "constant"
     recalibrate: bool = False
-    freeze_bn: bool = False  # once t = 0: batch-norm statistics re-estimated, then frozen while training
+    freeze_bn: str = "no"  # "at-zero": statistics re-estimated at t = 0, then frozen; "always": from the start
+    distill: float = 0.0  # de-skip: weight of distillation from the residual original (0: none)
 
 
 RECIPES = {
     "paper": Recipe("paper"),
-    "foldpass": Recipe("cosine", t0=0.9, per="step", zero_fraction=0.3, lr_schedule="cosine", freeze_bn=True),
+    "foldpass": Recipe("cosine", t0=0.9, per="step", zero_fraction=0.3, lr_schedule="cosine", freeze_bn="at-zero"),
 }
 
 
@@ -104,7 +106,7 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
                    steps_per_t: int | None = None, data: str = DEFAULT_DATASET, data_dir: str | None = None,
                    download: bool = False, limit: int | None = None, batch_size: int = 64, lr: float = 1e-3,
                    seed: int = 0, convert: bool = False, exact: bool = False, checkpoint: str | None = None,
-                   resume: str | None = None, progress: bool = False,
+                   resume: str | None = None, progress: bool = False, teacher: nn.Module | None = None,
                    log: Callable[[EpochLog], None] | None = None) -> TrainResult:
     """Trains `model` for `epochs` stages (passes over the data, or `steps_per_t` steps each) along
     the recipe's schedule of t down to 0.
@@ -125,7 +127,8 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
         raise InputError("the model has no blend weight t; pass convert=True to blend its residual adds")
     history = train(model, train_set, val_set, plan, epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                     steps_per_t=steps_per_t, lr_schedule=plan_recipe.lr_schedule, recalibrate=plan_recipe.recalibrate,
-                    freeze_bn_at_zero=plan_recipe.freeze_bn,
+                    freeze_bn=plan_recipe.freeze_bn, teacher=teacher if plan_recipe.distill else None,
+                    distill=plan_recipe.distill if teacher is not None else 0.0,
                     checkpoint=checkpoint, resume=resume, progress=progress and rank == 0,
                     log=log if rank == 0 else None)
     return TrainResult(model, history, rank, plan_recipe)
@@ -143,6 +146,7 @@ def deskip(model: nn.Module, *, epochs: int = 5, t0: float = 0.5, recipe: Recipe
     _, val_set = load_dataset(data, options.get("data_dir"), options.get("download", False), options.get("limit"))
     model.eval()
     original_acc = evaluate(model, val_set)[1]
+    original = copy.deepcopy(model) if base.distill else None
     start = get_t(model)
     error = 0.0
     if start is None:
@@ -158,6 +162,8 @@ def deskip(model: nn.Module, *, epochs: int = 5, t0: float = 0.5, recipe: Recipe
             raise VerificationError(f"the converted model differs from the original by {error:.3g} "
                                     f"(scale {scale:.3g}) before any training")
         model, start = converted, t0
+    if base.distill:
+        options["teacher"] = original
     if base.schedule in ("paper", "paper-t05"):  # printed lists: 0.9, ... and 0.5, ...
         if start not in (0.9, 0.5):
             raise InputError(f"the paper's lists start at 0.9 or 0.5, the model at t = {start:g}; use recipe 'foldpass'")

@@ -92,7 +92,7 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256, device: str
 def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Schedule | None, epochs: int, *,
           lr: float = 1e-3, batch_size: int = 64, seed: int = 0, device: str = "cpu",
           steps_per_t: int | None = None, lr_schedule: str = "constant", recalibrate: bool = False,
-          freeze_bn_at_zero: bool = False,
+          freeze_bn: str | bool = "no", teacher: nn.Module | None = None, distill: float = 0.0,
           checkpoint: str | None = None, resume: str | None = None, progress: bool = False,
           log: Callable[[EpochLog], None] | None = None) -> list[EpochLog]:
     """Trains `model` (in place) for `epochs` stages with t from `schedule` (None: no blends, plain
@@ -103,12 +103,25 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
     lr_schedule: "constant" (the paper's Adam), or "cosine": lr * (1 + cos(pi * step / all steps)) / 2.
     recalibrate: before the last evaluation, re-estimate every batch norm's running statistics at
     the final t on the training data (no labels, no weight change).
-    freeze_bn_at_zero: once t reaches 0, re-estimate the batch-norm statistics and train on with
-    them frozen (batch norm in eval mode): the skip-free network learns to predict with the
-    statistics it will be deployed with, not with those of each batch.
+    freeze_bn: "at-zero" (True): once t reaches 0, re-estimate the batch-norm statistics and train
+    on with them frozen (batch norm in eval mode): the skip-free network learns to predict with the
+    statistics it will be deployed with, not with those of each batch. "always": frozen from the
+    first step, re-estimated at the start of every stage and when t reaches 0 (for a trained
+    network whose statistics are already right: training never sees batch statistics at all).
+    teacher, distill: knowledge distillation (Hinton et al. 2015): the loss is
+    (1 - distill) * cross-entropy + distill * T^2 * KL(teacher || model) at temperature T = DISTILL_T,
+    the teacher (for example the residual original) in eval mode.
     """
     if lr_schedule not in LR_SCHEDULES:
         raise InputError(f"unknown lr schedule '{lr_schedule}'; valid: {', '.join(LR_SCHEDULES)}")
+    freeze_bn = {True: "at-zero", False: "no"}.get(freeze_bn, freeze_bn)
+    if freeze_bn not in FREEZE_BN:
+        raise InputError(f"unknown freeze_bn '{freeze_bn}'; valid: {', '.join(FREEZE_BN)}")
+    if not 0.0 <= distill <= 1.0 or (distill > 0) != (teacher is not None):
+        raise InputError(f"distill must be in [0, 1] and needs a teacher (and a teacher a distill weight); "
+                         f"got {distill:g} with{'' if teacher is not None else 'out'} a teacher")
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
     torch.manual_seed(seed)
     model.to(device)
     net = nn.parallel.DistributedDataParallel(model) if _distributed() else model
@@ -126,10 +139,13 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
     if resume:
         start, history = _load_checkpoint(resume, model, optimizer, scheduler, schedule)
     batches = _batches(loader, sampler, start * steps // max(len(loader), 1))
-    frozen = False
+    frozen = zero_frozen = False
     for epoch in range(start, epochs):
         t = apply_t(model, schedule.value(epoch if schedule.per == "epoch" else epoch * steps)) if schedule else None
         began = time.perf_counter()
+        if freeze_bn == "always" and not zero_frozen:
+            recalibrate_batchnorm(model, train_set, device=device)
+            frozen = True
         net.train()
         if frozen:
             _batchnorm_eval(model)
@@ -139,14 +155,19 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
             x, y = next(batches)
             if schedule is not None and schedule.per == "step":
                 t = apply_t(model, schedule.value(epoch * steps + i))
-            if freeze_bn_at_zero and not frozen and t == 0.0:
+            if freeze_bn != "no" and not zero_frozen and t == 0.0:
                 recalibrate_batchnorm(model, train_set, device=device)
                 _batchnorm_eval(model)
-                frozen = True
+                frozen = zero_frozen = True
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             out = net(x)
             loss = F.cross_entropy(out, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = F.log_softmax(teacher(x) / DISTILL_T, dim=1)
+                soft = F.kl_div(F.log_softmax(out / DISTILL_T, dim=1), target, log_target=True, reduction="batchmean")
+                loss = (1 - distill) * loss + distill * DISTILL_T ** 2 * soft
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -176,6 +197,8 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
 
 
 LR_SCHEDULES = ("constant", "cosine")
+FREEZE_BN = ("no", "at-zero", "always")
+DISTILL_T = 4.0  # distillation temperature: softened targets carry the teacher's class similarities
 
 
 def _batchnorm_eval(model: nn.Module) -> int:

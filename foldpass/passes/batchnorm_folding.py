@@ -8,10 +8,10 @@ run in float64 and cast back to the weights' dtype. Folds only an eval-mode BN
 (`_native_batch_norm_legit_no_training`) whose input is a conv / addmm / mm read by nothing else.
 
     BN(x @ W)  ->  x @ W' + b'                       (matmul with a constant 2-D weight)
-    conv(BN(x))  ->  conv'(x)                        BN before a conv (NextViT's pre-norm), when the
-        W' = W * s (per input channel)               conv pads nothing (a zero border of BN(x) is not
-        b' = b + sum W * t,  s = gamma / sigma,      BN of a zero border) and has groups 1
-        t = beta - mean * s
+    BN(x) -> its consumers, forward                 a BN that no conv or linear produces folds into
+        x @ W  ->  x @ (s * W) + t @ W               what reads it: linears and unpadded groups-1 convs,
+        conv(x, K)  ->  conv(x, K * s) + sum K * t   through reshapes, permutes and per-channel averages
+        s = gamma / sigma, t = beta - mean * s       (NextViT's pre-norms; rules/batchnorm_forward.py)
     BN1d over flattened tokens (LeViT's LinearNorm):
     BN(reshape(x @ W^T, [B * N, C]))  ->  reshape(x @ W'^T + b', [B * N, C])
     a 2-D batch norm normalizes the last dim; a reshape that keeps the last dim keeps every
@@ -27,6 +27,7 @@ import torch.fx as fx
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from ..graph import VIEW_OPS, add_constant, constant_value, drop_unused_attrs, shape_of
+from ..rules.batchnorm_forward import channel_paths, fold_forward, weight_of
 from ..provenance import joined, label, module_path, module_type, record
 from .base import Notes, PassResult
 
@@ -93,37 +94,33 @@ def _why_not(gm: fx.GraphModule, bn: fx.Node) -> str | None:
     return None
 
 
-def _fold_into_next_conv(gm: fx.GraphModule, bn: fx.Node) -> bool:
-    """conv(BN(x)) -> conv'(x) (see the module docstring); False where the pattern is not there."""
-    out = _bn_output(bn)
-    users = list(out.users) if out is not None else []
-    if len(users) != 1 or users[0].target != aten.convolution.default or users[0].args[0] is not out:
-        return False
-    conv = users[0]
-    w, b = constant_value(gm, conv.args[1]), constant_value(gm, conv.args[2]) if conv.args[2] is not None else None
+def _affine(gm: fx.GraphModule, bn: fx.Node) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(s, t) in float64 with BN(x) = s * x + t per channel, or None where the statistics are not constants."""
     consts = [constant_value(gm, a) for a in bn.args[1:5]]
-    if not isinstance(w, torch.Tensor) or (conv.args[2] is not None and not isinstance(b, torch.Tensor)):
-        return False
-    if any(not isinstance(c, torch.Tensor) for c in consts[2:]) or conv.args[6] or conv.args[8] != 1:
-        return False
-    if any(p != 0 for p in conv.args[4]) or w.dim() != 4:
-        return False
+    if any(c is not None and not isinstance(c, torch.Tensor) for c in consts) or consts[2] is None or consts[3] is None:
+        return None
     gamma, beta, mean, var = (_f64(c) if c is not None else None for c in consts)
-    gamma = torch.ones_like(mean) if gamma is None else gamma
-    beta = torch.zeros_like(mean) if beta is None else beta
-    scale = gamma / torch.sqrt(var + float(bn.args[6]))
-    shift = beta - mean * scale
-    w64 = _f64(w)
-    w2 = w64 * scale[None, :, None, None]
-    b2 = (torch.zeros(w.shape[0], dtype=torch.float64) if b is None else _f64(b)) + (w64 * shift[None, :, None, None]).sum((1, 2, 3))
-    new_w = add_constant(gm, w2.to(w.dtype), "w", before=conv)
-    new_b = add_constant(gm, b2.to(w.dtype), "b", before=conv)
-    conv.args = (bn.args[0], new_w, new_b, *conv.args[3:])
-    name = joined([bn, conv])
-    record(gm, conv, new_w, NAME, f"{_described(bn)} + {_described(conv)} -> one convolution (BN before the conv)", name)
-    label(gm, new_w, name and f"{name}.weight")
-    label(gm, new_b, name and f"{name}.bias")
-    return True
+    scale = (torch.ones_like(mean) if gamma is None else gamma) / torch.sqrt(var + float(bn.args[6]))
+    return scale, (torch.zeros_like(mean) if beta is None else beta) - mean * scale
+
+
+def _fold_forward(gm: fx.GraphModule, bn: fx.Node) -> str | list[fx.Node]:
+    """BN(x) -> the consumers every path from it ends in (rules/batchnorm_forward.py), or why not."""
+    out, affine = _bn_output(bn), _affine(gm, bn)
+    if out is None or affine is None:
+        return "its statistics are not constant tensors" if affine is None else "its batch statistics outputs are used"
+    consumers = channel_paths(gm, out)
+    if isinstance(consumers, str):
+        return consumers
+    what = ", ".join(_described(c) for c in consumers)
+    consumers = fold_forward(gm, consumers, *affine)
+    out.replace_all_uses_with(bn.args[0])
+    for node in [*bn.users, bn]:  # gone now, so that a BN before this one sees its own paths
+        gm.graph.erase_node(node)
+    for node in consumers:
+        record(gm, node, weight_of(node), NAME, f"{_described(bn)} -> folded into {what} (the BN before them)",
+               joined([bn, node]))
+    return consumers
 
 
 def _described(node: fx.Node) -> str:
@@ -134,17 +131,14 @@ def batchnorm_folding(gm: fx.GraphModule) -> PassResult:
     """Replaces an eval-mode BN after a conv or linear by rescaled weights of that conv / linear."""
     notes = Notes(NAME)
     folded = 0
-    kinds = {"conv": 0, "linear": 0, "following conv": 0}
+    kinds = {"conv": 0, "linear": 0, "following linears and convs": 0}
+    kept: dict[fx.Node, str] = {}
     for bn in list(gm.graph.nodes):
         if bn.op != "call_function" or bn.target != _BN:
             continue
         why = _why_not(gm, bn)
-        if why and _fold_into_next_conv(gm, bn):
-            folded += 1
-            kinds["following conv"] += 1
-            continue
         if why:
-            notes.declined(f"batch norm kept: {why}, and its output does not feed one unpadded conv alone", bn.name)
+            kept[bn] = why
             continue
         producer, out = _producer(bn), _bn_output(bn)
         gamma, beta, mean, var = (constant_value(gm, a) for a in bn.args[1:5])
@@ -192,6 +186,13 @@ def batchnorm_folding(gm: fx.GraphModule) -> PassResult:
         label(gm, new_b, name and f"{name}.bias")
         folded += 1
         kinds["conv" if kind == "convolution" else "linear"] += 1
+    for bn, why in reversed(kept.items()):  # backwards: a BN between this one and its consumers goes first
+        forward = _fold_forward(gm, bn)
+        if isinstance(forward, str):
+            notes.declined(f"batch norm kept: {why}; nor does it fold forward: {forward}", bn.name)
+            continue
+        folded += 1
+        kinds["following linears and convs"] += 1
     if folded:
         drop_unused_attrs(gm)
         notes.applied("folded " + ", ".join(f"{k} batch norm(s) into their {c}" for c, k in kinds.items() if k))
