@@ -83,10 +83,10 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def _add_recipe_options(p, default_epochs: int) -> None:
+def _add_recipe_options(p, default_epochs: int, default_recipe: str) -> None:
     """The training options `train` and `deskip` share: recipe, budget, data, checkpoints."""
-    p.add_argument("--recipe", default=defaults.DEFAULT_RECIPE, choices=defaults.RECIPE_NAMES,
-                   help=f"how t falls to 0 and how the lr moves (default: {defaults.DEFAULT_RECIPE}; "
+    p.add_argument("--recipe", default=default_recipe, choices=defaults.RECIPE_NAMES,
+                   help=f"how t falls to 0 and how the lr moves (default: {default_recipe}; "
                         "docs/homotopy.md compares them)")
     p.add_argument("--schedule", choices=defaults.SCHEDULE_NAMES, help="override the recipe's schedule of t")
     p.add_argument("--t0", type=float, help="override the starting t")
@@ -95,8 +95,11 @@ def _add_recipe_options(p, default_epochs: int) -> None:
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], help="override the learning-rate schedule")
     p.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
                    help="override: re-estimate batch-norm statistics at t = 0 before the last evaluation")
-    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
-                   help="override: once t = 0, re-estimate batch-norm statistics and train on with them frozen")
+    p.add_argument("--freeze-bn", choices=["no", "at-zero", "always"],
+                   help="override: batch-norm statistics re-estimated and frozen once t = 0 (at-zero), "
+                        "or from the start, re-estimated every stage (always)")
+    p.add_argument("--distill", type=float,
+                   help="override (deskip): weight in [0, 1] of distillation from the residual original")
     p.add_argument("--epochs", type=int, default=default_epochs,
                    help=f"stages of training: one value of t each, as the paper (default {default_epochs})")
     p.add_argument("--steps-per-t", type=int,
@@ -124,7 +127,7 @@ def _add_train(sub) -> None:
     p.add_argument("--weights", help="start from these weights (a state dict, loaded with weights_only=True)")
     p.add_argument("--convert", action="store_true",
                    help="blend the model's residual adds first (for a model without Blend modules)")
-    _add_recipe_options(p, default_epochs=10)
+    _add_recipe_options(p, default_epochs=10, default_recipe=defaults.DEFAULT_RECIPE)
     p.set_defaults(func=cmd_train)
 
 
@@ -137,7 +140,7 @@ def _add_deskip(sub) -> None:
     p.add_argument("--weights", help="the trained weights (a state dict, loaded with weights_only=True)")
     p.add_argument("--start-t", type=float, default=0.5,
                    help="the blend weight the conversion is exact at, where fine-tuning starts (default 0.5)")
-    _add_recipe_options(p, default_epochs=5)
+    _add_recipe_options(p, default_epochs=5, default_recipe=defaults.DEFAULT_DESKIP_RECIPE)
     p.set_defaults(func=cmd_deskip)
 
 
@@ -329,7 +332,7 @@ def _training(args, console):
 
     plan = foldpass.homotopy.recipe(args.recipe, schedule=args.schedule, t0=args.t0, per=args.per,
                                     zero_fraction=args.zero_fraction, lr_schedule=args.lr_schedule,
-                                    recalibrate=args.recalibrate, freeze_bn=args.freeze_bn)
+                                    recalibrate=args.recalibrate, freeze_bn=args.freeze_bn, distill=args.distill)
     return dict(recipe=plan, epochs=args.epochs, steps_per_t=args.steps_per_t, data=args.data,
                 data_dir=args.data_dir, download=args.download, limit=args.limit, batch_size=args.batch_size,
                 lr=args.lr, seed=args.seed, resume=args.resume, progress=console.is_terminal, log=log)

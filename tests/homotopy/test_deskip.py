@@ -98,6 +98,11 @@ def test_the_recipes_and_their_overrides():
     assert recipe("foldpass", zero_fraction=0.5, t0=None).zero_fraction == 0.5
     with pytest.raises(InputError, match="valid recipes"):
         recipe("magic")
+    assert RECIPES["deskip"].freeze_bn == "always" and RECIPES["foldpass"].freeze_bn == "at-zero"
+    with pytest.raises(InputError, match="needs a teacher"):
+        from foldpass.homotopy import train_homotopy
+
+        train_homotopy(models.CNN3(width=4), recipe=recipe("foldpass", distill=0.5), epochs=1, limit=16)
 
 
 def test_the_converted_model_is_exact_before_any_training():
@@ -141,8 +146,38 @@ def test_batch_norm_frozen_at_zero_keeps_its_recalibrated_statistics():
     seen = []
     model.blend.register_forward_pre_hook(
         lambda m, a: seen.append((float(m.t), [n.running_mean.clone() for n in norms], norms[0].training)))
-    train(model, data, data, make_schedule("paper", 3), 3, batch_size=16, steps_per_t=2, freeze_bn_at_zero=True)
+    train(model, data, data, make_schedule("paper", 3), 3, batch_size=16, steps_per_t=2, freeze_bn="at-zero")
     at_zero = [s for s in seen if s[0] == 0.0 and len(s[1]) and not s[2]]
     assert len(at_zero) >= 2  # the t = 0 steps ran with batch norm in eval mode ...
     assert all(torch.equal(a, b) for s in at_zero for a, b in zip(s[1], at_zero[0][1]))  # ... its statistics fixed
     assert any(s[2] for s in seen if s[0] > 0)  # before t = 0, batch statistics as usual
+
+
+def test_batch_norm_frozen_always_never_trains_on_batch_statistics():
+    data = TensorDataset(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))
+    model = models.CNN3(width=4)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    modes = []
+    model.blend.register_forward_pre_hook(  # training steps only (re-estimation runs without gradients)
+        lambda m, a: modes.append(norms[0].training) if torch.is_grad_enabled() else None)
+    train(model, data, data, make_schedule("cosine", 3, 0.5, "step", 2), 3, batch_size=16, steps_per_t=2,
+          freeze_bn="always")
+    assert len(modes) == 6 and not any(modes)  # every step with the running statistics
+
+
+def test_distillation_reads_the_teacher_and_moves_the_loss():
+    data = TensorDataset(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))
+    teacher, calls = models.CNN3(width=4).eval(), []
+    teacher.register_forward_hook(lambda m, a, out: calls.append(1))
+    before = [p.clone() for p in teacher.parameters()]
+    runs = {}
+    for distill in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = models.CNN3(width=4)
+        runs[distill] = train(model, data, data, make_schedule("static", 1, 0.5), 1, batch_size=16,
+                              teacher=teacher if distill else None, distill=distill)[-1].train_loss
+    assert len(calls) == 2  # one teacher forward per step, with distillation only
+    assert runs[0.0] != runs[0.5]
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))  # the teacher is not trained
+    with pytest.raises(InputError, match="needs a teacher"):
+        train(models.CNN3(width=4), data, data, make_schedule("static", 1, 0.5), 1, distill=0.5)
