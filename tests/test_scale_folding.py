@@ -42,3 +42,36 @@ def test_conv_read_twice_keeps_its_scaling():
 def test_a_factor_that_is_not_per_channel_is_kept():
     check_pass(scale_folding, Scaled(torch.randn(1, 4, 4)), {"mul": -1}, x=torch.randn(2, 1, 6, 6),
                prep=(constant_propagation,))
+
+
+class LayerScaleBlock(nn.Module):
+    """ConvNeXt's block: the layer scale multiplies the last Linear's output after the permute back."""
+
+    def __init__(self, c=4, along_tokens=False):
+        super().__init__()
+        self.dw, self.norm = nn.Conv2d(c, c, 3, padding=1, groups=c), nn.LayerNorm(c)
+        self.fc1, self.fc2 = nn.Linear(c, 2 * c), nn.Linear(2 * c, c)
+        shape = (1, 1, 5) if along_tokens else (c, 1, 1)  # [C, 1, 1]: per channel; [1, 1, W]: per column
+        self.layer_scale = nn.Parameter(torch.rand(*shape) + 0.5)
+
+    def forward(self, x):
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        y = self.fc2(nn.functional.gelu(self.fc1(y))).permute(0, 3, 1, 2)
+        return x + self.layer_scale * y
+
+
+def _tokens_prep():
+    from foldpass.passes import broadcast_matmul, linear_matmul, reshape_chains
+
+    return (constant_propagation, lambda gm: broadcast_matmul(gm), lambda gm: linear_matmul(gm),
+            lambda gm: reshape_chains(gm))
+
+
+def test_a_layer_scale_after_a_permuted_linear_folds_into_it():
+    check_pass(scale_folding, LayerScaleBlock(), {"mul": -1}, x=torch.randn(2, 4, 5, 5), prep=_tokens_prep())
+
+
+def test_a_scale_along_the_tokens_is_not_the_linears_channel_and_is_kept():
+    result = check_pass(scale_folding, LayerScaleBlock(along_tokens=True), {}, x=torch.randn(2, 4, 5, 5),
+                        prep=_tokens_prep())
+    assert not result.modified

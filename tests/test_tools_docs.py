@@ -45,3 +45,31 @@ def test_homotopy_page_gives_the_claim_its_verdict(tmp_path):
         in page
     assert "## Ablation" in page and "## Figure 2" in page and "figure3 2.0 min" in page
     assert (tmp_path / "homotopy_figure3.png").exists() and (tmp_path / "homotopy_figure2.png").exists()
+
+
+def test_zoo_page_calls_slower_only_beyond_the_measured_noise_band(tmp_path):
+    def timed(foldpass_ratio, again_ratio):
+        return {"status": "verified", "params": 1e6, "ops": {"direct": {"Relu": 3}, "foldpass": {"Relu": 2}},
+                "speed": {f"{k}@{b}": {"us": 1.0, "vs_direct": r} for b in (1, 8)
+                          for k, r in (("direct", 1.0), ("direct again", again_ratio), ("foldpass", foldpass_ratio))}}
+
+    results = {"meta": {}, "models": {"tv:a": timed(0.96, 1.05), "tv:b": timed(0.90, 0.99), "tv:c": timed(1.2, 1.0)}}
+    zoo_docs.write_docs(results, str(tmp_path))
+    page = (tmp_path / "zoo.md").read_text()
+    assert "3 timed, 1 slower than the direct export beyond the noise band (+-0.05 at batch 1" in page
+    assert ": b (b1 0.90x (noise +-0.05), b8 0.90x (noise +-0.05))." in page  # a: 0.96x is within the noise
+    assert "b1: foldpass 0.96x (A/A +-0.05)" in page
+
+
+def test_homotopy_page_lists_each_deskip_recipe(tmp_path):
+    entry = lambda orig, opt: {"original_val_acc": orig, "optimized_val_acc": opt, "epochs": 5,  # noqa: E731
+                               "conversion_max_error": 0.0, "seconds": 60}
+    results = {"meta": {"model": "ResNet34 (width 8)", "lr": 0.001, "steps_per_t": 5, "seeds": 2, "machine": "test",
+                        "torch": "x", "date": "2026-11-30"},
+               "deskip": {"resnet18/foldpass/0": entry(0.98, 0.90), "resnet18/deskip/0": entry(0.98, 0.975),
+                          "resnet18/deskip/1": entry(0.97, 0.97)}}
+    homotopy_docs.write_docs(results, str(tmp_path))
+    page = (tmp_path / "homotopy.md").read_text()
+    assert "| deskip (batch norm frozen throughout; the default) | 97.50 +- 0.71 | 97.25 +- 0.35 | -0.25 +- 0.35 | " \
+           "-0.5, +0.0 |" in page
+    assert "| foldpass (batch norm frozen at t = 0) | 98.00 +- 0.00 | 90.00 +- 0.00 | -8.00 +- 0.00 | -8.0 |" in page

@@ -34,6 +34,30 @@ def parity(entry: dict) -> str:
     return "yes" if not over else "no: " + ", ".join(over)
 
 
+def noise(entry: dict, batch: int) -> float | None:
+    """How far the direct export's ratio to a second copy of itself is from 1 (the A/A noise band)."""
+    s = entry.get("speed") or {}
+    again = s.get(f"direct again@{batch}")
+    return abs(again["vs_direct"] - 1) if again else None
+
+
+def bands(models: dict) -> dict[int, float]:
+    """The noise band per batch: the largest A/A deviation measured over all the zoo's models."""
+    return {b: max([n for e in models.values() if (n := noise(e, b)) is not None], default=0.0) for b in (1, 8)}
+
+
+def slower(entry: dict, band_of: dict[int, float]) -> list[str]:
+    """The batches at which foldpass runs slower than the direct export by more than the noise band."""
+    s = entry.get("speed") or {}
+    out = []
+    for batch in (1, 8):
+        ours = s.get(f"foldpass@{batch}")
+        band = band_of[batch]
+        if ours and ours["vs_direct"] < 1 - band:
+            out.append(f"b{batch} {ours['vs_direct']:.2f}x (noise +-{band:.2f})")
+    return out
+
+
 def speed(entry: dict) -> str:
     s = entry.get("speed")
     if not s:
@@ -42,7 +66,8 @@ def speed(entry: dict) -> str:
     for batch in (1, 8):
         row = [f"{kind} {s[f'{kind}@{batch}']['vs_direct']:.2f}x" for kind in ("foldpass", "deploy")
                if f"{kind}@{batch}" in s]
-        parts.append(f"b{batch}: " + ", ".join(row))
+        band = noise(entry, batch)
+        parts.append(f"b{batch}: " + ", ".join(row) + (f" (A/A +-{band:.2f})" if band is not None else ""))
     return "; ".join(parts)
 
 
@@ -51,6 +76,7 @@ def write_docs(results: dict, folder: str) -> None:
     models = results.get("models", {})
     timm = {k: v for k, v in models.items() if not k.startswith("tv:")}
     tv = {k: v for k, v in models.items() if k.startswith("tv:")}
+    band_of = bands(models)
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
     lines = ["# The zoo: foldpass against the direct export and the hand-written deploy form", "",
              f"{meta.get('machine', '?')}; {versions}; {meta.get('date', '?')}. Random weights and random batch-norm "
@@ -59,7 +85,8 @@ def write_docs(results: dict, folder: str) -> None:
              "same way; **foldpass**: `foldpass.optimize(model)` then `save_onnx` (verified against the original). "
              "Op counts are Conv / Add / BatchNormalization / **all ops**. Speed: onnxruntime CPU, interleaved "
              "rounds, median ratio against the direct export (> 1 is faster), measured only where the op counts "
-             "differ. Re-run: `python tools/zoo.py` (resumable; `--docs-only` redraws this page).", ""]
+             "differ; A/A is the direct export timed again as its own peer, how far its ratio is from 1 (the noise "
+             "band). Re-run: `python tools/zoo.py` (resumable; `--docs-only` redraws this page).", ""]
     for title, group in (("timm's re-parameterizable families (smallest model of each)", timm),
                          ("torchvision classification models under 100M parameters", tv)):
         if not group:
@@ -68,7 +95,14 @@ def write_docs(results: dict, folder: str) -> None:
         at_parity = [k for k, e in group.items() if parity(e) == "yes"]
         lines += [f"## {title}", "",
                   f"{len(group)} tried, {len(done)} verified, {len(at_parity)} with no more convs, batch norms or "
-                  "ops than the deploy form (where there is one) and no more ops than the direct export.", "",
+                  "ops than the deploy form (where there is one) and no more ops than the direct export; "
+                  f"{sum(1 for e in group.values() if e.get('speed'))} timed, "
+                  f"{sum(1 for e in group.values() if slower(e, band_of))} slower than the direct export beyond the "
+                  f"noise band (+-{band_of[1]:.2f} at batch 1, +-{band_of[8]:.2f} at batch 8: the largest A/A "
+                  "deviation over the zoo)"
+                  + (": " + "; ".join(f"{k.removeprefix('tv:')} ({', '.join(slower(e, band_of))})"
+                                      for k, e in group.items() if slower(e, band_of))
+                     if any(slower(e, band_of) for e in group.values()) else "") + ".", "",
                   "| model | params | direct | deploy | foldpass | parity | max error / scale | optimize | speed |",
                   "|---|---:|---|---|---|---|---:|---:|---|"]
         for name, e in group.items():

@@ -2,7 +2,11 @@
 
     conv(x; W, b) * c   ->   conv(x; W * c, b * c)       c a scalar or per output channel ([C, 1, 1])
     addmm(b, x, W) * c  ->   addmm(b * c, x, W * c)       c a scalar or per output feature ([M])
+    (x @ W + b) * c     ->   x @ (W * c) + b * c          x @ W: a Linear on tokens (matmul)
     y / c               ->   y * (1 / c)                  the same rules, with 1 / c in float64
+    c * permute(y)      ->   permute(y * c')              the factor's channel followed back through
+                                                          permutes and reshapes that keep it (ConvNeXt's
+                                                          layer scale after its last Linear)
 
 This is what is left of an exactly-scaled blend at t == 0 (`foldpass.homotopy.blend_residuals`
 keeps a converted network's function by scaling the branch by 1 / (1 - t0): at t = 0 the blend
@@ -12,54 +16,111 @@ Folds only where the conv / linear output is read by the mul alone and its weigh
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.fx as fx
 
-from ..graph import add_constant, constant_value, drop_unused_attrs
+from ..graph import VIEW_OPS, add_constant, constant_value, drop_unused_attrs, shape_of
 from ..provenance import joined, record
 from .base import Notes, PassResult
 
 NAME = "scale_folding"
 aten = torch.ops.aten
-_PRODUCERS = (aten.convolution.default, aten.addmm.default)
+_PRODUCERS = (aten.convolution.default, aten.addmm.default, aten.matmul.default)
 
 
-def _factor(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, torch.Tensor] | None:
-    """(the conv / addmm the node scales, its factor in float64), if the node is such a scaling."""
+def _channel_axis(c: torch.Tensor, rank: int) -> int | None:
+    """The dim of a rank-`rank` value that a broadcast factor varies along (None: a scalar; -1: several)."""
+    if c.numel() == 1:
+        return None
+    varying = [i for i, d in enumerate(c.shape) if d != 1]
+    return rank - c.dim() + varying[0] if len(varying) == 1 and c.dim() <= rank else -1
+
+
+def _axis_before_view(node: fx.Node, axis: int) -> int:
+    """Where the dim `axis` of a reshape's output is in its input (-1: split or merged)."""
+    shape_in, shape_out = shape_of(node.args[0]), shape_of(node)
+    if not shape_in or not shape_out or not all(isinstance(d, int) for d in (*shape_in[1:], *shape_out[1:])):
+        return -1
+    prefix = tuple(shape_out[:axis])
+    for k in range(len(shape_in)):
+        if shape_in[k] == shape_out[axis] and (tuple(shape_in[:k]) == prefix or (
+                k and axis and shape_in[0] == shape_out[0] and math.prod(shape_in[1:k]) == math.prod(shape_out[1:axis]))):
+            return k
+    return -1
+
+
+def _walk_back(gm: fx.GraphModule, node: fx.Node, axis: int | None):
+    """From the scaled value back through single-user permutes, reshapes and constant bias adds to
+    the conv / linear that computes it: (that op, the adds passed, the factor's axis there), or None."""
+    adds = []
+    while node.op == "call_function" and node.target not in _PRODUCERS and len(node.users) == 1:
+        if node.target == aten.permute.default:
+            axis = None if axis is None else node.args[1][axis] % len(node.args[1])
+        elif node.target in VIEW_OPS:
+            axis = None if axis is None else _axis_before_view(node, axis)
+            if axis == -1:
+                return None
+        elif node.target == aten.add.Tensor and isinstance(node.args[0], fx.Node) and \
+                _bias_fits(constant_value(gm, node.args[1]), shape_of(node), axis):
+            adds.append(node)
+        else:
+            return None
+        node = node.args[0]
+    return (node, adds, axis) if node.op == "call_function" and node.target in _PRODUCERS else None
+
+
+def _bias_fits(bias, shape, axis: int | None) -> bool:
+    """A constant bias that a factor along `axis` (None: a scalar) scales into another constant bias."""
+    if not isinstance(bias, torch.Tensor) or shape is None:
+        return False
+    return True if axis is None else (axis == len(shape) - 1 and bias.dim() == 1)
+
+
+def _factor(gm: fx.GraphModule, node: fx.Node):
+    """(the conv / linear the node scales, the bias adds between, the factor in float64: a scalar or
+    one per output channel), if the node is such a scaling."""
     if node.op != "call_function" or node.target not in (aten.mul.Tensor, aten.div.Tensor):
         return None
     a, b = node.args[:2]
     if node.target == aten.mul.Tensor and (not isinstance(a, fx.Node) or constant_value(gm, a) is not None):
         a, b = b, a  # c * y
-    if not isinstance(a, fx.Node) or a.target not in _PRODUCERS:
-        return None
     c = constant_value(gm, b)
-    if c is None or isinstance(c, bool):
+    if not isinstance(a, fx.Node) or c is None or isinstance(c, bool) or shape_of(node) is None:
         return None
-    w = constant_value(gm, a.args[1] if a.target == aten.convolution.default else a.args[2])
-    if isinstance(c, torch.Tensor) and c.dim() > 0 and (w is None or c.dtype != w.dtype):
-        return None  # unknown weights, or the mul would promote the dtype: not a pure scaling
+    if isinstance(c, torch.Tensor) and c.dim() > 0 and (not c.dtype.is_floating_point or c.dtype != node.meta["val"].dtype):
+        return None  # the mul would promote the dtype: not a pure scaling
     c = torch.as_tensor(c, dtype=torch.float64) if not isinstance(c, torch.Tensor) else c.detach().to(torch.float64)
-    return a, (1.0 / c if node.target == aten.div.Tensor else c)
+    axis = _channel_axis(c, len(shape_of(node)))
+    found = _walk_back(gm, a, axis) if axis != -1 else None
+    if found is None:
+        return None
+    producer, adds, axis = found
+    c = c.reshape(()) if axis is None else c.flatten()
+    return producer, adds, axis, (1.0 / c if node.target == aten.div.Tensor else c)
 
 
-def _why_not(gm: fx.GraphModule, producer: fx.Node, c: torch.Tensor) -> str | None:
+def _why_not(gm: fx.GraphModule, producer: fx.Node, axis: int | None, c: torch.Tensor) -> str | None:
     if len(producer.users) != 1:
         return f"{producer.name} is also read elsewhere"
     if not bool(torch.isfinite(c).all()):
         return "the factor is not finite"
+    rank = len(shape_of(producer) or ())
     if producer.target == aten.convolution.default:
         weights = [producer.args[1], producer.args[2]]
         if bool(producer.args[6]):
             return "transposed convolutions are left alone"
-        fits = c.dim() == 0 or (c.dim() in (3, 4) and all(d == 1 for i, d in enumerate(c.shape) if i != c.dim() - 3))
+        fits = axis in (None, 1)
     else:
-        weights = [producer.args[0], producer.args[2]]
-        fits = c.dim() == 0 or (c.dim() in (1, 2) and all(d == 1 for d in c.shape[:-1]))
+        weights = [producer.args[0], producer.args[2]] if producer.target == aten.addmm.default else [producer.args[1]]
+        fits = axis in (None, rank - 1)
     if not fits:
-        return f"the factor's shape {tuple(c.shape)} is not a scalar or one per output channel"
+        return f"the factor varies along dim {axis}, not along {producer.name}'s output channels"
     if any(w is not None and constant_value(gm, w) is None for w in weights):
         return f"{producer.name}'s weights are computed at run time"
+    if producer.target == aten.matmul.default and constant_value(gm, weights[0]).dim() != 2:
+        return f"{producer.name} multiplies by a batch of matrices"
     return None
 
 
@@ -76,27 +137,31 @@ def scale_folding(gm: fx.GraphModule) -> PassResult:
         found = _factor(gm, node)
         if found is None:
             continue
-        producer, c = found
-        why = _why_not(gm, producer, c)
+        producer, adds, axis, c = found
+        why = _why_not(gm, producer, axis, c)
         if why:
             notes.declined(f"scaling kept: {why}", node.name)
             continue
         args = list(producer.args)
+        k = c.numel()
         if producer.target == aten.convolution.default:
-            k = c.numel()
             args[1] = _scaled(gm, args[1], c, producer, (k, 1, 1, 1) if k > 1 else ())
             if args[2] is not None:  # a bias-free conv stays bias-free: c * 0 = 0
                 args[2] = _scaled(gm, args[2], c, producer, (k,) if k > 1 else ())
-        else:  # addmm(b, x, W^T): W^T is [in, out], so the factor scales its columns
-            k = c.numel()
+            weight = args[1]
+        elif producer.target == aten.addmm.default:  # addmm(b, x, W^T): W^T is [in, out], the factor scales its columns
             args[0] = _scaled(gm, args[0], c, producer, (k,) if k > 1 else ())
-            args[2] = _scaled(gm, args[2], c, producer, (1, k) if k > 1 else ())
+            args[2] = weight = _scaled(gm, args[2], c, producer, (1, k) if k > 1 else ())
+        else:  # matmul(x, W): W is [in, out]
+            args[1] = weight = _scaled(gm, args[1], c, producer, (1, k) if k > 1 else ())
         producer.args = tuple(args)
+        for add in adds:  # (y + b) * c = y * c + b * c
+            add.args = (add.args[0], _scaled(gm, add.args[1], c, add, (k,) if k > 1 else ()))
         name = joined([producer]) and f"{joined([producer])}*scale"
-        weight = args[1] if producer.target == aten.convolution.default else args[2]
         record(gm, producer, weight, NAME, f"{producer.name} * {node.name} (a constant factor) -> the weights scaled",
                name)
-        node.replace_all_uses_with(producer)
+        data = node.args[0] if node.args[0] is not None and constant_value(gm, node.args[0]) is None else node.args[1]
+        node.replace_all_uses_with(data)
         gm.graph.erase_node(node)
         folded += 1
     if folded:
