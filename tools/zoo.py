@@ -109,7 +109,8 @@ def measure(name: str, speed: bool, rounds: int) -> dict:
     model = build(name)
     x = torch.randn(1, 3, 224, 224)
     params = sum(p.numel() for p in model.parameters())
-    entry: dict = {"params": params}
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    entry: dict = {"params": params, "commit": commit.stdout.strip() or "?"}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         with quiet():
@@ -181,7 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=["timm", "torchvision", "all"], default="all")
     parser.add_argument("--only", action="append", help="just these models (timm names, or tv:NAME)")
-    parser.add_argument("--redo", action="append", default=[], help="measure these again")
+    parser.add_argument("--redo", action="append", default=[], help="measure these again ('all': every model chosen)")
     parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
                         help="time the models whose op counts differ (default on)")
     parser.add_argument("--rounds", type=int, default=9)
@@ -206,7 +207,7 @@ def main() -> None:
         results["meta"] = {"versions": versions(), "machine": "{cpu}, {cores} cores".format(**environment("cpu")),
                            "date": datetime.date.today().isoformat(), "torch": torch.__version__}
         for name in names:
-            if name in results["models"] and name not in args.redo:
+            if name in results["models"] and name not in args.redo and "all" not in args.redo:
                 continue
             if name.startswith("tv:") and not args.only:
                 params = sum(p.numel() for p in build(name).parameters())
