@@ -95,9 +95,10 @@ def _add_recipe_options(p, default_epochs: int, default_recipe: str) -> None:
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], help="override the learning-rate schedule")
     p.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
                    help="override: re-estimate batch-norm statistics at t = 0 before the last evaluation")
-    p.add_argument("--freeze-bn", choices=["no", "at-zero", "always"],
-                   help="override: batch-norm statistics re-estimated and frozen once t = 0 (at-zero), "
-                        "or from the start, re-estimated every stage (always)")
+    p.add_argument("--freeze-bn", choices=["no", "at-zero", "start", "below"],
+                   help="override: when batch norm stops using batch statistics: once t = 0, re-estimated "
+                        "(at-zero); from the first step (start); once t <= --freeze-t (below)")
+    p.add_argument("--freeze-t", type=float, help="override: the t below which --freeze-bn below freezes")
     p.add_argument("--distill", type=float,
                    help="override (deskip): weight in [0, 1] of distillation from the residual original")
     p.add_argument("--epochs", type=int, default=default_epochs,
@@ -332,7 +333,8 @@ def _training(args, console):
 
     plan = foldpass.homotopy.recipe(args.recipe, schedule=args.schedule, t0=args.t0, per=args.per,
                                     zero_fraction=args.zero_fraction, lr_schedule=args.lr_schedule,
-                                    recalibrate=args.recalibrate, freeze_bn=args.freeze_bn, distill=args.distill)
+                                    recalibrate=args.recalibrate, freeze_bn=args.freeze_bn, freeze_t=args.freeze_t,
+                                    distill=args.distill)
     return dict(recipe=plan, epochs=args.epochs, steps_per_t=args.steps_per_t, data=args.data,
                 data_dir=args.data_dir, download=args.download, limit=args.limit, batch_size=args.batch_size,
                 lr=args.lr, seed=args.seed, resume=args.resume, progress=console.is_terminal, log=log)

@@ -54,6 +54,8 @@ ABLATION = {
         "cosine", 0.9, {"per": "step", "zero_fraction": 0.3, "freeze_bn": True}, "cosine"),
     "cosine t from 0.9 per step, t = 0 for the last 50 %, cosine lr, BN frozen at t = 0": (
         "cosine", 0.9, {"per": "step", "zero_fraction": 0.5, "freeze_bn": True}, "cosine"),
+    "cosine t from 0.9 per step, t = 0 for the last 30 %, cosine lr, BN frozen once t <= 0.5": (
+        "cosine", 0.9, {"per": "step", "zero_fraction": 0.3, "freeze_bn": "below", "freeze_t": 0.5}, "cosine"),
     "cosine t from 0.9 per step, t = 0 for the last 30 %, cosine lr, BN frozen at t = 0, "
     "distilled from the static t = 0.5 model": (
         "cosine", 0.9, {"per": "step", "zero_fraction": 0.3, "freeze_bn": True, "distill": 0.5}, "cosine"),
@@ -63,6 +65,7 @@ STAGES = 10
 DESKIP = {
     "foldpass": ("foldpass", None),
     "deskip": ("deskip", None),
+    "deskip-10": ("deskip", 10),
 }
 
 
@@ -107,6 +110,7 @@ def run_schedule(task: dict) -> dict:
     options = dict(task["options"])
     per = options.pop("per", "epoch")
     freeze = options.pop("freeze_bn", False)
+    freeze_t = options.pop("freeze_t", 0.0)
     distill = options.pop("distill", 0.0)
     teacher = None
     if distill:  # the static t = 0.5 model of the same seed (Figure 3), as the teacher
@@ -116,7 +120,7 @@ def run_schedule(task: dict) -> dict:
     began = time.perf_counter()
     history = train(model, train_set, val_set, plan, task["stages"], lr=task["lr"], seed=task["seed"],
                     steps_per_t=task["steps_per_t"], lr_schedule=task["lr_schedule"], freeze_bn=freeze,
-                    teacher=teacher, distill=distill)
+                    freeze_t=freeze_t, teacher=teacher, distill=distill)
     entry = {"t": [h.t for h in history], "val_acc": [h.val_acc for h in history],
              "train_loss": [h.train_loss for h in history], "seconds": time.perf_counter() - began}
     if task.get("save"):

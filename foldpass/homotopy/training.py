@@ -92,7 +92,7 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256, device: str
 def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Schedule | None, epochs: int, *,
           lr: float = 1e-3, batch_size: int = 64, seed: int = 0, device: str = "cpu",
           steps_per_t: int | None = None, lr_schedule: str = "constant", recalibrate: bool = False,
-          freeze_bn: str | bool = "no", teacher: nn.Module | None = None, distill: float = 0.0,
+          freeze_bn: str | bool = "no", freeze_t: float = 0.0, teacher: nn.Module | None = None, distill: float = 0.0,
           checkpoint: str | None = None, resume: str | None = None, progress: bool = False,
           log: Callable[[EpochLog], None] | None = None) -> list[EpochLog]:
     """Trains `model` (in place) for `epochs` stages with t from `schedule` (None: no blends, plain
@@ -103,11 +103,12 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
     lr_schedule: "constant" (the paper's Adam), or "cosine": lr * (1 + cos(pi * step / all steps)) / 2.
     recalibrate: before the last evaluation, re-estimate every batch norm's running statistics at
     the final t on the training data (no labels, no weight change).
-    freeze_bn: "at-zero" (True): once t reaches 0, re-estimate the batch-norm statistics and train
-    on with them frozen (batch norm in eval mode): the skip-free network learns to predict with the
-    statistics it will be deployed with, not with those of each batch. "always": frozen from the
-    first step, re-estimated at the start of every stage and when t reaches 0 (for a trained
-    network whose statistics are already right: training never sees batch statistics at all).
+    freeze_bn: when batch norm stops using batch statistics (eval mode from then on, its affine
+    weights still trained): the network then learns to predict with the statistics it is deployed
+    with, not with those of each batch.
+        "at-zero" (True)  once t reaches 0, re-estimated on the training data, then frozen
+        "start"           from the first step, as the model has them (a trained network's)
+        "below"           once t <= freeze_t, as they are then (the running averages)
     teacher, distill: knowledge distillation (Hinton et al. 2015): the loss is
     (1 - distill) * cross-entropy + distill * T^2 * KL(teacher || model) at temperature T = DISTILL_T,
     the teacher (for example the residual original) in eval mode.
@@ -139,13 +140,10 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
     if resume:
         start, history = _load_checkpoint(resume, model, optimizer, scheduler, schedule)
     batches = _batches(loader, sampler, start * steps // max(len(loader), 1))
-    frozen = zero_frozen = False
+    frozen = False
     for epoch in range(start, epochs):
         t = apply_t(model, schedule.value(epoch if schedule.per == "epoch" else epoch * steps)) if schedule else None
         began = time.perf_counter()
-        if freeze_bn == "always" and not zero_frozen:
-            recalibrate_batchnorm(model, train_set, device=device)
-            frozen = True
         net.train()
         if frozen:
             _batchnorm_eval(model)
@@ -155,10 +153,11 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
             x, y = next(batches)
             if schedule is not None and schedule.per == "step":
                 t = apply_t(model, schedule.value(epoch * steps + i))
-            if freeze_bn != "no" and not zero_frozen and t == 0.0:
-                recalibrate_batchnorm(model, train_set, device=device)
+            if not frozen and _freezes(freeze_bn, t, freeze_t):
+                if freeze_bn == "at-zero":
+                    recalibrate_batchnorm(model, train_set, device=device)
                 _batchnorm_eval(model)
-                frozen = zero_frozen = True
+                frozen = True
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             out = net(x)
@@ -197,7 +196,12 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
 
 
 LR_SCHEDULES = ("constant", "cosine")
-FREEZE_BN = ("no", "at-zero", "always")
+FREEZE_BN = ("no", "at-zero", "start", "below")
+
+
+def _freezes(mode: str, t: float | None, freeze_t: float) -> bool:
+    """Whether batch norm freezes at this step (see train's freeze_bn)."""
+    return mode == "start" or (t is not None and ((mode == "at-zero" and t == 0.0) or (mode == "below" and t <= freeze_t)))
 DISTILL_T = 4.0  # distillation temperature: softened targets carry the teacher's class similarities
 
 

@@ -98,7 +98,7 @@ def test_the_recipes_and_their_overrides():
     assert recipe("foldpass", zero_fraction=0.5, t0=None).zero_fraction == 0.5
     with pytest.raises(InputError, match="valid recipes"):
         recipe("magic")
-    assert RECIPES["deskip"].freeze_bn == "always" and RECIPES["foldpass"].freeze_bn == "at-zero"
+    assert RECIPES["deskip"].freeze_bn == "start" and RECIPES["foldpass"].freeze_bn == "at-zero"
     with pytest.raises(InputError, match="needs a teacher"):
         from foldpass.homotopy import train_homotopy
 
@@ -153,16 +153,21 @@ def test_batch_norm_frozen_at_zero_keeps_its_recalibrated_statistics():
     assert any(s[2] for s in seen if s[0] > 0)  # before t = 0, batch statistics as usual
 
 
-def test_batch_norm_frozen_always_never_trains_on_batch_statistics():
+def test_batch_norm_frozen_from_the_start_or_below_a_t_keeps_the_statistics_it_had():
     data = TensorDataset(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))
-    model = models.CNN3(width=4)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    modes = []
-    model.blend.register_forward_pre_hook(  # training steps only (re-estimation runs without gradients)
-        lambda m, a: modes.append(norms[0].training) if torch.is_grad_enabled() else None)
-    train(model, data, data, make_schedule("cosine", 3, 0.5, "step", 2), 3, batch_size=16, steps_per_t=2,
-          freeze_bn="always")
-    assert len(modes) == 6 and not any(modes)  # every step with the running statistics
+    for mode, frozen_from in (("start", 1.0), ("below", 0.3)):
+        model = models.CNN3(width=4)
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        seen = []
+        model.blend.register_forward_pre_hook(  # training steps only (evaluation runs without gradients)
+            lambda m, a: seen.append((float(m.t), norms[0].training, norms[0].running_mean.clone()))
+            if torch.is_grad_enabled() else None)
+        train(model, data, data, make_schedule("cosine", 3, 0.5, "step", 2), 3, batch_size=16, steps_per_t=2,
+              freeze_bn=mode, freeze_t=0.3)
+        frozen = [s for s in seen if s[0] <= frozen_from]
+        assert frozen and not any(s[1] for s in frozen)  # eval-mode batch norm from there on ...
+        assert all(torch.equal(s[2], frozen[0][2]) for s in frozen)  # ... with the statistics it had, never re-estimated
+        assert all(s[1] for s in seen if s[0] > frozen_from)  # batch statistics before
 
 
 def test_distillation_reads_the_teacher_and_moves_the_loss():
