@@ -128,6 +128,9 @@ def _add_train(sub) -> None:
     p.add_argument("--weights", help="start from these weights (a state dict, loaded with weights_only=True)")
     p.add_argument("--convert", action="store_true",
                    help="blend the model's residual adds first (for a model without Blend modules)")
+    p.add_argument("--teacher", help="distill from this trained model (a .pt2, or pkg.module:build with "
+                                     "--teacher-weights), e.g. a static-t model with its skips; --distill (default 0.5)")
+    p.add_argument("--teacher-weights", help="the teacher's weights (a state dict, loaded with weights_only=True)")
     _add_recipe_options(p, default_epochs=10, default_recipe=defaults.DEFAULT_RECIPE)
     p.set_defaults(func=cmd_train)
 
@@ -350,12 +353,22 @@ def _write_trained(args, paths, result, console) -> None:
 
 
 def cmd_train(args) -> int:
-    paths = _outputs(args, "--output", "--checkpoint", "--history", inputs=[args.resume, args.weights])
+    paths = _outputs(args, "--output", "--checkpoint", "--history",
+                     inputs=[args.resume, args.weights, args.teacher, args.teacher_weights])
     console = _console()
+    if args.teacher and args.distill is None:
+        args.distill = 0.5
     options = _training(args, console)
-    model = foldpass.load_source(args.source, foldpass.parse_input_shape(args.input_shape), args.weights).model
+    shape = foldpass.parse_input_shape(args.input_shape)
+    model = foldpass.load_source(args.source, shape, args.weights).model
+    teacher = None
+    if args.teacher:
+        import torch
+
+        teacher = foldpass.load_source(args.teacher, shape, args.teacher_weights).model
+        teacher = teacher.module() if isinstance(teacher, torch.export.ExportedProgram) else teacher
     result = foldpass.homotopy.train_homotopy(model, convert=args.convert, exact=bool(args.weights),
-                                              checkpoint=paths.get("--checkpoint"), **options)
+                                              checkpoint=paths.get("--checkpoint"), teacher=teacher, **options)
     _write_trained(args, paths, result, console)
     return 0
 

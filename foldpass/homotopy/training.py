@@ -122,7 +122,7 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
         raise InputError(f"distill must be in [0, 1] and needs a teacher (and a teacher a distill weight); "
                          f"got {distill:g} with{'' if teacher is not None else 'out'} a teacher")
     if teacher is not None:
-        teacher = teacher.to(device).eval()
+        teacher = _eval_mode(teacher.to(device))
     torch.manual_seed(seed)
     model.to(device)
     net = nn.parallel.DistributedDataParallel(model) if _distributed() else model
@@ -203,6 +203,14 @@ def _freezes(mode: str, t: float | None, freeze_t: float) -> bool:
     """Whether batch norm freezes at this step (see train's freeze_bn)."""
     return mode == "start" or (t is not None and ((mode == "at-zero" and t == 0.0) or (mode == "below" and t <= freeze_t)))
 DISTILL_T = 4.0  # distillation temperature: softened targets carry the teacher's class similarities
+
+
+def _eval_mode(model: nn.Module) -> nn.Module:
+    """model.eval(); a torch.export program's module refuses it and is already in its exported mode."""
+    try:
+        return model.eval()
+    except NotImplementedError:
+        return model
 
 
 def _batchnorm_eval(model: nn.Module) -> int:

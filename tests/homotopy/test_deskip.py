@@ -186,3 +186,15 @@ def test_distillation_reads_the_teacher_and_moves_the_loss():
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))  # the teacher is not trained
     with pytest.raises(InputError, match="needs a teacher"):
         train(models.CNN3(width=4), data, data, make_schedule("static", 1, 0.5), 1, distill=0.5)
+
+
+def test_cli_train_distills_from_a_pt2_teacher(tmp_path):
+    teacher = tmp_path / "static.pt2"
+    assert main(["train", "models:CNN3", "-o", str(teacher), "--epochs", "1", "--limit", "64", "--steps-per-t", "1",
+                 "--schedule", "static", "--t0", "0.5"]) == 0
+    hist = tmp_path / "h.json"
+    assert main(["train", "models:CNN3", "-o", str(tmp_path / "m.pt2"), "--epochs", "2", "--limit", "64",
+                 "--steps-per-t", "2", "--teacher", str(teacher), "--history", str(hist)]) == 0
+    assert json.loads(hist.read_text())[-1]["t"] == 0.0
+    assert main(["train", "models:CNN3", "-o", str(tmp_path / "n.pt2"), "--epochs", "1", "--limit", "64",
+                 "--distill", "0.5"]) == 2  # distillation without a teacher: a clear error
