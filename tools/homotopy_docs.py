@@ -7,6 +7,7 @@ import statistics
 
 STATIC = "static t = 0.5"
 RECIPE_RUN = "cosine t from 0.9 per step, t = 0 for the last 30 %, cosine lr, BN frozen at t = 0"  # the default
+DISTILLED = RECIPE_RUN + ", distilled from the static t = 0.5 model"  # the default with --teacher
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -99,13 +100,14 @@ def _claim(lines: list[str], fig3: dict, ablation: dict) -> None:
     rows = [(name, fig3.get(name, []), static, STATIC) for name in ("paper schedule (t0 = 0.9)", "paper t0 = 0.5 schedule")]
     rows.append((RECIPE_RUN, ablation.get(RECIPE_RUN, []), static_cos, "static t = 0.5, cosine lr"))
     rows.append((RECIPE_RUN + " (against the constant-lr static)", ablation.get(RECIPE_RUN, []), static, STATIC))
+    rows.append((DISTILLED, ablation.get(DISTILLED, []), static_cos, "static t = 0.5, cosine lr"))
     for name, entries, baseline, base_name in rows:
         if not entries or not baseline:
             continue
         ours = deployed(entries)
         diffs = [(a - b) * 100 for a, b in zip(ours, baseline)]
         gap, sd = mean_sd(diffs)
-        label = name.replace(RECIPE_RUN, "**foldpass recipe**")
+        label = name.replace(RECIPE_RUN, "**foldpass recipe**").replace(", distilled from", " + `--teacher`, distilled from")
         lines.append(f"| {label} | {pct(ours)} | {pct(baseline)} ({base_name}) | {gap:+.2f} +- {sd:.2f} | "
                      f"{'yes' if gap >= -1.0 else '**no**'} |")
     left = [e.get("skips_left", 0) for group in (fig3, ablation) for es in group.values() for e in es]
@@ -141,7 +143,14 @@ def _findings(lines: list[str], fig3: dict, ablation: dict) -> None:
                  f"{pct(deployed(ours))} after `foldpass optimize`, which {_verdict(ours, ablation)} (above)"
                  if ours else "not run yet")
               + ". That is the default recipe of `foldpass train` (`--recipe foldpass`); `--recipe paper` is the "
-              "paper's.", ""]
+              "paper's."]
+    taught = ablation.get(DISTILLED, [])
+    if taught:
+        lines.append(f"- Distilling from the static t = 0.5 model on top of that recipe (`foldpass train --teacher "
+                     f"static.pt2`, weight 0.5, temperature 4): {pct(deployed(taught))} after `foldpass optimize` "
+                     f"over {len(taught)} seeds, which {_verdict(taught, ablation)}. The price is the teacher: a "
+                     "static model trained first, as long again.")
+    lines.append("")
 
 
 def _ablation(lines: list[str], fig3: dict, ablation: dict, meta: dict) -> None:
@@ -149,12 +158,12 @@ def _ablation(lines: list[str], fig3: dict, ablation: dict, meta: dict) -> None:
               f"Every variant trains {meta['seeds']} seeds for 10 stages of {meta['steps_per_t']} steps (the same "
               "budget as the static model). 'Recalibrated' re-estimates the batch-norm statistics at t = 0 on the "
               "training images after training (no labels, no weight change). Every variant tried is listed.", "",
-              "| variant | final val acc (%) | + BN recalibration (%) | after `foldpass optimize` (%) | train time per run |",
-              "|---|---:|---:|---:|---:|"]
+              "| variant | seeds | final val acc (%) | + BN recalibration (%) | after `foldpass optimize` (%) | "
+              "train time per run |", "|---|---:|---:|---:|---:|---:|"]
     for name, entries in {**fig3, **ablation}.items():
         seconds = statistics.mean(e["seconds"] for e in entries)
         label = name if name != RECIPE_RUN else f"**{name} (foldpass recipe)**"
-        lines.append(f"| {label} | {pct(final(entries))} | {pct(final(entries, 'recalibrated_val_acc'))} | "
+        lines.append(f"| {label} | {len(entries)} | {pct(final(entries))} | {pct(final(entries, 'recalibrated_val_acc'))} | "
                      f"{pct(final(entries, 'optimized_val_acc'))} | {minutes(seconds)} |")
     lines += ["", "'+ BN recalibration' for the frozen variant re-estimates statistics the network was not trained "
               "with, and so falls: a network that learned with frozen statistics must keep them.", "",
