@@ -121,12 +121,16 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
 
     convert: blend the model's residual adds first (blend_residuals; exact=True keeps a pretrained
     model's function at t0). Without it the model must already have a blend weight t.
+    teacher: distill from this trained model (a static-t model with its skips, say), with the
+    recipe's distill weight (recipe(..., distill=0.5)).
     """
     _check(epochs, batch_size, limit, steps_per_t)
     plan_recipe = _resolve(recipe)
     if plan_recipe.distill and teacher is None:
         raise InputError("distillation needs a teacher: foldpass deskip uses the residual original; "
                          "train_homotopy takes teacher=MODEL")
+    if teacher is not None and not plan_recipe.distill:
+        raise InputError("a teacher needs a distillation weight: recipe(..., distill=0.5)")
     rank, device = init_distributed()
     train_set, val_set = load_dataset(data, data_dir, download, limit)
     steps = steps_per_t or -(-len(train_set) // batch_size)
@@ -138,7 +142,7 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
         raise InputError("the model has no blend weight t; pass convert=True to blend its residual adds")
     history = train(model, train_set, val_set, plan, epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                     steps_per_t=steps_per_t, lr_schedule=plan_recipe.lr_schedule, recalibrate=plan_recipe.recalibrate,
-                    freeze_bn=plan_recipe.freeze_bn, freeze_t=plan_recipe.freeze_t, teacher=teacher if plan_recipe.distill else None,
+                    freeze_bn=plan_recipe.freeze_bn, freeze_t=plan_recipe.freeze_t, teacher=teacher,
                     distill=plan_recipe.distill,
                     checkpoint=checkpoint, resume=resume, progress=progress and rank == 0,
                     log=log if rank == 0 else None)
