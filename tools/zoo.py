@@ -188,6 +188,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per model")
     parser.add_argument("--docs-only", action="store_true")
+    parser.add_argument("--merge", action="append", default=[],
+                        help="add the models of another results file (one made from another checkout); an entry "
+                             "here stays unless it records no commit")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -195,6 +198,13 @@ def main() -> None:
         return
     path = os.path.join(DOCS, "zoo.json")
     results = json.load(open(path)) if os.path.exists(path) else {"models": {}}
+    for other in args.merge:
+        for name, entry in json.load(open(other))["models"].items():
+            if "commit" not in results["models"].get(name, {}):
+                results["models"][name] = entry
+        with open(path + ".tmp", "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(path + ".tmp", path)
     if not args.docs_only:
         import torch
 

@@ -86,7 +86,8 @@ def write_docs(results: dict, folder: str) -> None:
              "Op counts are Conv / Add / BatchNormalization / **all ops**. Speed: onnxruntime CPU, interleaved "
              "rounds, median ratio against the direct export (> 1 is faster), measured only where the op counts "
              "differ; A/A is the direct export timed again as its own peer, how far its ratio is from 1 (the noise "
-             "band). Re-run: `python tools/zoo.py` (resumable; `--docs-only` redraws this page).", ""]
+             "band: these runs shared the 2 cores with other jobs, and the band says how much that moved the ratios). "
+             "Rows measured at an older commit say so (`commit`). Re-run: `python tools/zoo.py` (resumable; `--docs-only` redraws this page).", ""]
     for title, group in (("timm's re-parameterizable families (smallest model of each)", timm),
                          ("torchvision classification models under 100M parameters", tv)):
         if not group:
@@ -103,14 +104,15 @@ def write_docs(results: dict, folder: str) -> None:
                   + (": " + "; ".join(f"{k.removeprefix('tv:')} ({', '.join(slower(e, band_of))})"
                                       for k, e in group.items() if slower(e, band_of))
                      if any(slower(e, band_of) for e in group.values()) else "") + ".", "",
-                  "| model | params | direct | deploy | foldpass | parity | max error / scale | optimize | speed |",
-                  "|---|---:|---|---|---|---|---:|---:|---|"]
+                  "| model | params | direct | deploy | foldpass | parity | max error / scale | optimize | speed | commit |",
+                  "|---|---:|---|---|---|---|---:|---:|---|---|"]
         for name, e in group.items():
             ops = e.get("ops", {})
             err = e.get("max_error")
             lines.append(f"| {name.removeprefix('tv:')} | {e.get('params', 0) / 1e6:.1f}M | {cell(ops.get('direct'))} | "
                          f"{cell(ops.get('deploy'))} | {cell(ops.get('foldpass'))} | {parity(e)} | "
-                         f"{'-' if err is None else f'{err:.2g}'} | {e.get('optimize_seconds', 0):.0f} s | {speed(e)} |")
+                         f"{'-' if err is None else f'{err:.2g}'} | {e.get('optimize_seconds', 0):.0f} s | {speed(e)} | "
+                         f"{e.get('commit', '-')} |")
         failures = {k: e for k, e in group.items() if e.get("status") != "verified"}
         if failures:
             lines += ["", "Not verified:", ""]
