@@ -100,7 +100,10 @@ def _add_recipe_options(p, default_epochs: int, default_recipe: str) -> None:
                         "(at-zero); from the first step (start); once t <= --freeze-t (below)")
     p.add_argument("--freeze-t", type=float, help="override: the t below which --freeze-bn below freezes")
     p.add_argument("--distill", type=float,
-                   help="override (deskip): weight in [0, 1] of distillation from the residual original")
+                   help="override: weight in [0, 1] of distillation (from --teacher, deskip's residual original, "
+                        "or the model itself with --self-teacher-t)")
+    p.add_argument("--self-teacher-t", type=float,
+                   help="override: once t <= this, a copy of the model (with its skips then) is the teacher")
     p.add_argument("--epochs", type=int, default=default_epochs,
                    help=f"stages of training: one value of t each, as the paper (default {default_epochs})")
     p.add_argument("--steps-per-t", type=int,
@@ -337,7 +340,7 @@ def _training(args, console):
     plan = foldpass.homotopy.recipe(args.recipe, schedule=args.schedule, t0=args.t0, per=args.per,
                                     zero_fraction=args.zero_fraction, lr_schedule=args.lr_schedule,
                                     recalibrate=args.recalibrate, freeze_bn=args.freeze_bn, freeze_t=args.freeze_t,
-                                    distill=args.distill)
+                                    distill=args.distill, self_teacher_t=args.self_teacher_t)
     return dict(recipe=plan, epochs=args.epochs, steps_per_t=args.steps_per_t, data=args.data,
                 data_dir=args.data_dir, download=args.download, limit=args.limit, batch_size=args.batch_size,
                 lr=args.lr, seed=args.seed, resume=args.resume, progress=console.is_terminal, log=log)

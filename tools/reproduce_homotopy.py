@@ -57,6 +57,10 @@ ABLATION = {
     "cosine t from 0.9 per step, t = 0 for the last 30 %, cosine lr, BN frozen once t <= 0.5": (
         "cosine", 0.9, {"per": "step", "zero_fraction": 0.3, "freeze_bn": "below", "freeze_t": 0.5}, "cosine"),
     "cosine t from 0.9 per step, t = 0 for the last 30 %, cosine lr, BN frozen at t = 0, "
+    "distilled from itself at t = 0.5": (
+        "cosine", 0.9, {"per": "step", "zero_fraction": 0.3, "freeze_bn": True, "distill": 0.5,
+                        "self_teacher_t": 0.5}, "cosine"),
+    "cosine t from 0.9 per step, t = 0 for the last 30 %, cosine lr, BN frozen at t = 0, "
     "distilled from the static t = 0.5 model": (
         "cosine", 0.9, {"per": "step", "zero_fraction": 0.3, "freeze_bn": True, "distill": 0.5}, "cosine"),
 }
@@ -112,15 +116,16 @@ def run_schedule(task: dict) -> dict:
     freeze = options.pop("freeze_bn", False)
     freeze_t = options.pop("freeze_t", 0.0)
     distill = options.pop("distill", 0.0)
+    self_teacher_t = options.pop("self_teacher_t", None)
     teacher = None
-    if distill:  # the static t = 0.5 model of the same seed (Figure 3), as the teacher
+    if distill and self_teacher_t is None:  # the static t = 0.5 model of the same seed (Figure 3), as the teacher
         teacher = models.resnet34(t=0.5, width=task["width"])
         teacher.load_state_dict(torch.load(os.path.join(CACHE, task["teacher"]), weights_only=True))
     plan = make_schedule(task["kind"], task["stages"], task["t0"], per, task["steps_per_t"], **options)
     began = time.perf_counter()
     history = train(model, train_set, val_set, plan, task["stages"], lr=task["lr"], seed=task["seed"],
                     steps_per_t=task["steps_per_t"], lr_schedule=task["lr_schedule"], freeze_bn=freeze,
-                    freeze_t=freeze_t, teacher=teacher, distill=distill)
+                    freeze_t=freeze_t, teacher=teacher, distill=distill, self_teacher_t=self_teacher_t)
     entry = {"t": [h.t for h in history], "val_acc": [h.val_acc for h in history],
              "train_loss": [h.train_loss for h in history], "seconds": time.perf_counter() - began}
     if task.get("save"):

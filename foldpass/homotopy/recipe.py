@@ -49,7 +49,8 @@ class Recipe:
     recalibrate: bool = False
     freeze_bn: str = "no"  # when batch norm stops using batch statistics: no, at-zero, start, below (train's docs)
     freeze_t: float = 0.0  # "below": frozen once t <= freeze_t
-    distill: float = 0.0  # de-skip: weight of distillation from the residual original (0: none)
+    distill: float = 0.0  # weight of distillation (from a teacher, deskip's original, or the model itself)
+    self_teacher_t: float | None = None  # the model itself, copied once t <= this, is the teacher
 
 
 RECIPES = {
@@ -126,7 +127,7 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
     """
     _check(epochs, batch_size, limit, steps_per_t)
     plan_recipe = _resolve(recipe)
-    if plan_recipe.distill and teacher is None:
+    if plan_recipe.distill and teacher is None and plan_recipe.self_teacher_t is None:
         raise InputError("distillation needs a teacher: foldpass deskip uses the residual original; "
                          "train_homotopy takes teacher=MODEL")
     if teacher is not None and not plan_recipe.distill:
@@ -143,6 +144,7 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
     history = train(model, train_set, val_set, plan, epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                     steps_per_t=steps_per_t, lr_schedule=plan_recipe.lr_schedule, recalibrate=plan_recipe.recalibrate,
                     freeze_bn=plan_recipe.freeze_bn, freeze_t=plan_recipe.freeze_t, teacher=teacher,
+                    self_teacher_t=plan_recipe.self_teacher_t,
                     distill=plan_recipe.distill,
                     checkpoint=checkpoint, resume=resume, progress=progress and rank == 0,
                     log=log if rank == 0 else None)

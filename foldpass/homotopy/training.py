@@ -12,6 +12,7 @@ Rank 0 alone prints, shows progress and writes checkpoints.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -93,6 +94,7 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
           lr: float = 1e-3, batch_size: int = 64, seed: int = 0, device: str = "cpu",
           steps_per_t: int | None = None, lr_schedule: str = "constant", recalibrate: bool = False,
           freeze_bn: str | bool = "no", freeze_t: float = 0.0, teacher: nn.Module | None = None, distill: float = 0.0,
+          self_teacher_t: float | None = None,
           checkpoint: str | None = None, resume: str | None = None, progress: bool = False,
           log: Callable[[EpochLog], None] | None = None) -> list[EpochLog]:
     """Trains `model` (in place) for `epochs` stages with t from `schedule` (None: no blends, plain
@@ -112,13 +114,15 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
     teacher, distill: knowledge distillation (Hinton et al. 2015): the loss is
     (1 - distill) * cross-entropy + distill * T^2 * KL(teacher || model) at temperature T = DISTILL_T,
     the teacher (for example the residual original) in eval mode.
+    self_teacher_t: no teacher needed: once t <= self_teacher_t, a copy of the model as it is then
+    (with its skips at that t, in eval mode) becomes the teacher for the rest of the run.
     """
     if lr_schedule not in LR_SCHEDULES:
         raise InputError(f"unknown lr schedule '{lr_schedule}'; valid: {', '.join(LR_SCHEDULES)}")
     freeze_bn = {True: "at-zero", False: "no"}.get(freeze_bn, freeze_bn)
     if freeze_bn not in FREEZE_BN:
         raise InputError(f"unknown freeze_bn '{freeze_bn}'; valid: {', '.join(FREEZE_BN)}")
-    if not 0.0 <= distill <= 1.0 or (distill > 0) != (teacher is not None):
+    if not 0.0 <= distill <= 1.0 or (distill > 0) != (teacher is not None or self_teacher_t is not None):
         raise InputError(f"distill must be in [0, 1] and needs a teacher (and a teacher a distill weight); "
                          f"got {distill:g} with{'' if teacher is not None else 'out'} a teacher")
     if teacher is not None:
@@ -153,6 +157,8 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
             x, y = next(batches)
             if schedule is not None and schedule.per == "step":
                 t = apply_t(model, schedule.value(epoch * steps + i))
+            if teacher is None and self_teacher_t is not None and t is not None and t <= self_teacher_t:
+                teacher = _eval_mode(copy.deepcopy(model))
             if not frozen and _freezes(freeze_bn, t, freeze_t):
                 if freeze_bn == "at-zero":
                     recalibrate_batchnorm(model, train_set, device=device)

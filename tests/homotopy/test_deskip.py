@@ -198,3 +198,19 @@ def test_cli_train_distills_from_a_pt2_teacher(tmp_path):
     assert json.loads(hist.read_text())[-1]["t"] == 0.0
     assert main(["train", "models:CNN3", "-o", str(tmp_path / "n.pt2"), "--epochs", "1", "--limit", "64",
                  "--distill", "0.5"]) == 2  # distillation without a teacher: a clear error
+
+
+def test_self_distillation_copies_the_model_once_t_falls_to_its_t_and_distills_from_it():
+    data = TensorDataset(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))
+    torch.manual_seed(0)
+    model = models.CNN3(width=4)
+    calls = []
+    model.blend.register_forward_pre_hook(lambda m, a: calls.append((m is model.blend, float(m.t)))
+                                          if torch.is_grad_enabled() or m is not model.blend else None)
+    train(model, data, data, make_schedule("cosine", 3, 0.9, "step", 2), 3, batch_size=16, steps_per_t=2,
+          distill=0.5, self_teacher_t=0.5)
+    student = [t for own, t in calls if own]
+    teacher = [t for own, t in calls if not own]
+    assert len(student) == 6
+    assert teacher and len(set(teacher)) == 1 and teacher[0] <= 0.5  # one copy, its t frozen where it was taken
+    assert len(teacher) == sum(t <= 0.5 for t in student)  # one teacher forward per step from then on
