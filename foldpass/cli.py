@@ -100,10 +100,8 @@ def _add_recipe_options(p, default_epochs: int, default_recipe: str) -> None:
                         "(at-zero); from the first step (start); once t <= --freeze-t (below)")
     p.add_argument("--freeze-t", type=float, help="override: the t below which --freeze-bn below freezes")
     p.add_argument("--distill", type=float,
-                   help="override: weight in [0, 1] of distillation (from --teacher, deskip's residual original, "
-                        "or the model itself with --self-teacher-t)")
-    p.add_argument("--self-teacher-t", type=float,
-                   help="override: once t <= this, a copy of the model (with its skips then) is the teacher")
+                   help="override: weight in [0, 1] of distillation (from --teacher, the static teacher the "
+                        "foldpass recipe trains first, or deskip's residual original)")
     p.add_argument("--epochs", type=int, default=default_epochs,
                    help=f"stages of training: one value of t each, as the paper (default {default_epochs})")
     p.add_argument("--steps-per-t", type=int,
@@ -132,7 +130,8 @@ def _add_train(sub) -> None:
     p.add_argument("--convert", action="store_true",
                    help="blend the model's residual adds first (for a model without Blend modules)")
     p.add_argument("--teacher", help="distill from this trained model (a .pt2, or pkg.module:build with "
-                                     "--teacher-weights), e.g. a static-t model with its skips; --distill (default 0.5)")
+                                     "--teacher-weights), e.g. a static-t model with its skips, instead of training "
+                                     "one first (the foldpass recipe); --distill (default 0.5)")
     p.add_argument("--teacher-weights", help="the teacher's weights (a state dict, loaded with weights_only=True)")
     _add_recipe_options(p, default_epochs=10, default_recipe=defaults.DEFAULT_RECIPE)
     p.set_defaults(func=cmd_train)
@@ -340,7 +339,7 @@ def _training(args, console):
     plan = foldpass.homotopy.recipe(args.recipe, schedule=args.schedule, t0=args.t0, per=args.per,
                                     zero_fraction=args.zero_fraction, lr_schedule=args.lr_schedule,
                                     recalibrate=args.recalibrate, freeze_bn=args.freeze_bn, freeze_t=args.freeze_t,
-                                    distill=args.distill, self_teacher_t=args.self_teacher_t)
+                                    distill=args.distill)
     return dict(recipe=plan, epochs=args.epochs, steps_per_t=args.steps_per_t, data=args.data,
                 data_dir=args.data_dir, download=args.download, limit=args.limit, batch_size=args.batch_size,
                 lr=args.lr, seed=args.seed, resume=args.resume, progress=console.is_terminal, log=log)
@@ -370,6 +369,9 @@ def cmd_train(args) -> int:
 
         teacher = foldpass.load_source(args.teacher, shape, args.teacher_weights).model
         teacher = teacher.module() if isinstance(teacher, torch.export.ExportedProgram) else teacher
+    if teacher is None and options["recipe"].teacher_t is not None and options["recipe"].distill:
+        console.print(f"training the teacher first: a copy at a static t = {options['recipe'].teacher_t:g} with its "
+                      f"skips, {args.epochs} stages (--teacher takes one you have; --recipe no-teacher skips it)")
     result = foldpass.homotopy.train_homotopy(model, convert=args.convert, exact=bool(args.weights),
                                               checkpoint=paths.get("--checkpoint"), teacher=teacher, **options)
     _write_trained(args, paths, result, console)

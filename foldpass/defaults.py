@@ -10,7 +10,7 @@ DEFAULT_RTOL = 1e-4  # verification: relative to each output's scale
 DEFAULT_ATOL = 1e-5
 DEFAULT_OPSET = 18
 MIN_OPSET = 18
-RECIPE_NAMES = ("foldpass", "deskip", "paper")  # homotopy training; docs/homotopy.md has the ablation
+RECIPE_NAMES = ("foldpass", "no-teacher", "deskip", "paper")  # homotopy training; docs/homotopy.md has the ablation
 DEFAULT_RECIPE = "foldpass"
 DEFAULT_DESKIP_RECIPE = "deskip"  # fine-tuning a trained residual network to t = 0
 SCHEDULE_NAMES = ("paper", "paper-t05", "linear", "cosine", "exp", "threshold", "static")

@@ -8,11 +8,15 @@ model ready to be written as a .pt2 that `foldpass optimize` folds (t == 0: ever
 
 The recipes (docs/homotopy.md has the ablation that chose the default):
 
-    paper     the paper's list 0.9, 0.7, ..., 0.01, 0, one value per stage; constant lr
-    foldpass  t from t0 down a cosine, step by step, to 0 at 70 % of the run; the last 30 % at t = 0
-              (the skip-free network's own phase) with the batch-norm statistics re-estimated when
-              t reaches 0 and then frozen (batch norm in eval mode: the network learns to predict
-              with the statistics it is deployed with); cosine learning-rate decay
+    paper       the paper's list 0.9, 0.7, ..., 0.01, 0, one value per stage; constant lr
+    foldpass    first a teacher: a copy of the model trained at a static t = 0.5 (skips kept) for the
+                same budget, unless one is given (`teacher=`, `foldpass train --teacher`); then t from
+                t0 down a cosine, step by step, to 0 at 70 % of the run, the last 30 % at t = 0 (the
+                skip-free network's own phase), the loss mixed half and half with distillation from
+                the teacher, the batch-norm statistics re-estimated when t reaches 0 and then frozen
+                (batch norm in eval mode: the network learns to predict with the statistics it is
+                deployed with); cosine learning-rate decay
+    no-teacher  the same without the teacher (half the training; 1.4 points less in docs/homotopy.md)
     deskip    the same path of t from the trained model's t0, with batch norm frozen from the first
               step with the trained network's statistics, never re-estimated: training never sees
               batch statistics, so the network cannot come to depend on them (a deep plain network
@@ -51,11 +55,14 @@ class Recipe:
     freeze_t: float = 0.0  # "below": frozen once t <= freeze_t
     distill: float = 0.0  # weight of distillation (from a teacher, deskip's original, or the model itself)
     self_teacher_t: float | None = None  # the model itself, copied once t <= this, is the teacher
+    teacher_t: float | None = None  # no teacher given: train a copy at this static t first, as the teacher
 
 
 RECIPES = {
     "paper": Recipe("paper"),
-    "foldpass": Recipe("cosine", t0=0.9, per="step", zero_fraction=0.3, lr_schedule="cosine", freeze_bn="at-zero"),
+    "foldpass": Recipe("cosine", t0=0.9, per="step", zero_fraction=0.3, lr_schedule="cosine", freeze_bn="at-zero",
+                       distill=0.5, teacher_t=0.5),
+    "no-teacher": Recipe("cosine", t0=0.9, per="step", zero_fraction=0.3, lr_schedule="cosine", freeze_bn="at-zero"),
     "deskip": Recipe("cosine", per="step", zero_fraction=0.3, lr_schedule="cosine", freeze_bn="start"),
 }
 
@@ -123,11 +130,12 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
     convert: blend the model's residual adds first (blend_residuals; exact=True keeps a pretrained
     model's function at t0). Without it the model must already have a blend weight t.
     teacher: distill from this trained model (a static-t model with its skips, say), with the
-    recipe's distill weight (recipe(..., distill=0.5)).
+    recipe's distill weight; with none, a recipe with a teacher_t trains one first (a copy of the
+    model at that static t, the same budget; trained again on resume).
     """
     _check(epochs, batch_size, limit, steps_per_t)
     plan_recipe = _resolve(recipe)
-    if plan_recipe.distill and teacher is None and plan_recipe.self_teacher_t is None:
+    if plan_recipe.distill and teacher is None and plan_recipe.self_teacher_t is None and plan_recipe.teacher_t is None:
         raise InputError("distillation needs a teacher: foldpass deskip uses the residual original; "
                          "train_homotopy takes teacher=MODEL")
     if teacher is not None and not plan_recipe.distill:
@@ -141,6 +149,11 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
         model = blend_residuals(model, plan.value(0), exact=exact)
     elif get_t(model) is None:
         raise InputError("the model has no blend weight t; pass convert=True to blend its residual adds")
+    if teacher is None and plan_recipe.distill and plan_recipe.teacher_t is not None:
+        teacher = copy.deepcopy(model)  # the same start, kept at a static t with its skips
+        train(teacher, train_set, val_set, make_schedule("static", epochs, plan_recipe.teacher_t), epochs, lr=lr,
+              batch_size=batch_size, seed=seed, device=device, steps_per_t=steps_per_t,
+              progress=progress and rank == 0)
     history = train(model, train_set, val_set, plan, epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                     steps_per_t=steps_per_t, lr_schedule=plan_recipe.lr_schedule, recalibrate=plan_recipe.recalibrate,
                     freeze_bn=plan_recipe.freeze_bn, freeze_t=plan_recipe.freeze_t, teacher=teacher,

@@ -102,7 +102,7 @@ def test_the_recipes_and_their_overrides():
     with pytest.raises(InputError, match="needs a teacher"):
         from foldpass.homotopy import train_homotopy
 
-        train_homotopy(models.CNN3(width=4), recipe=recipe("foldpass", distill=0.5), epochs=1, limit=16)
+        train_homotopy(models.CNN3(width=4), recipe=recipe("no-teacher", distill=0.5), epochs=1, limit=16)
 
 
 def test_the_converted_model_is_exact_before_any_training():
@@ -197,7 +197,7 @@ def test_cli_train_distills_from_a_pt2_teacher(tmp_path):
                  "--steps-per-t", "2", "--teacher", str(teacher), "--history", str(hist)]) == 0
     assert json.loads(hist.read_text())[-1]["t"] == 0.0
     assert main(["train", "models:CNN3", "-o", str(tmp_path / "n.pt2"), "--epochs", "1", "--limit", "64",
-                 "--distill", "0.5"]) == 2  # distillation without a teacher: a clear error
+                 "--recipe", "no-teacher", "--distill", "0.5"]) == 2  # distillation without a teacher: a clear error
 
 
 def test_self_distillation_copies_the_model_once_t_falls_to_its_t_and_distills_from_it():
@@ -214,3 +214,19 @@ def test_self_distillation_copies_the_model_once_t_falls_to_its_t_and_distills_f
     assert len(student) == 6
     assert teacher and len(set(teacher)) == 1 and teacher[0] <= 0.5  # one copy, its t frozen where it was taken
     assert len(teacher) == sum(t <= 0.5 for t in student)  # one teacher forward per step from then on
+
+
+def test_the_default_recipe_trains_a_static_teacher_first_and_distills_from_it():
+    from foldpass.homotopy import train_homotopy
+
+    model = models.CNN3(width=4)
+    seen = []
+    model.blend.register_forward_pre_hook(  # copied with the model: the teacher's blend reports too
+        lambda m, a: seen.append((m is model.blend, float(m.t), torch.is_grad_enabled())))
+    result = train_homotopy(model, epochs=2, steps_per_t=2, limit=32)
+    teacher_steps = [t for own, t, grad in seen if not own and grad]
+    first = next(i for i, (own, _, grad) in enumerate(seen) if own and grad)  # the student's first step
+    teacher_reads = [t for own, t, grad in seen[first:] if not own]
+    assert teacher_steps and set(teacher_steps) == {0.5}  # trained first, at a static t = 0.5 ...
+    assert len(teacher_reads) == 4 and set(teacher_reads) == {0.5}  # ... then read once per student step
+    assert result.t == 0.0 and result.recipe.teacher_t == 0.5
