@@ -186,7 +186,7 @@ DESKIP_FINDINGS = [  # what the runs showed, in words (written after reading the
     "training and evaluation compute the same function at every step, and no run collapses.",
     "- Re-estimating the frozen statistics at every stage was tried first, in scratch runs not kept in "
     "docs/homotopy.json: each re-estimate shifts the normalization the weights have adapted to, and the "
-    "ResNet34 still collapsed in 3 of 3 seeds at 5 epochs (88 % after 20 epochs in one seed). Distillation from "
+    "ResNet34 fell to 22 to 60 % in 3 of 3 seeds at 5 epochs (88 % after 20 epochs in one seed). Distillation from "
     "the original without frozen batch norm collapsed as well (scratch runs, 5 epochs).",
     "- resnet18 needs no more than 5 epochs; the 33-layer, 8-wide ResNet34 gains from 10 but stays short of "
     "the 1-point goal: its blocks lean on their skips more than resnet18's.",
