@@ -77,8 +77,7 @@ def _why_not(gm: fx.GraphModule, bn: fx.Node) -> str | None:
         return f"its input is {getattr(producer, 'name', producer)}, not a conv or linear"
     if len(producer.users) != 1:
         return f"{producer.name} is also read elsewhere ({len(producer.users)} users)"
-    consts = [constant_value(gm, a) for a in bn.args[1:5]]
-    if any(c is not None and not isinstance(c, torch.Tensor) for c in consts) or consts[2] is None or consts[3] is None:
+    if _affine(gm, bn) is None:
         return "its statistics are not constant tensors"
     if producer.target == aten.convolution.default:
         if constant_value(gm, producer.args[1]) is None or (producer.args[2] is not None and constant_value(gm, producer.args[2]) is None):
