@@ -72,4 +72,4 @@ def test_homotopy_page_lists_each_deskip_recipe(tmp_path):
     page = (tmp_path / "homotopy.md").read_text()
     assert "| deskip (batch norm frozen throughout, never re-estimated; the default) | 97.50 +- 0.71 | 97.25 +- 0.35 | -0.25 +- 0.35 | " \
            "-0.5, +0.0 |" in page
-    assert "| foldpass (batch norm frozen at t = 0) | 98.00 +- 0.00 | 90.00 +- 0.00 | -8.00 +- 0.00 | -8.0 |" in page
+    assert "| no-teacher (batch norm frozen at t = 0) | 98.00 +- 0.00 | 90.00 +- 0.00 | -8.00 +- 0.00 | -8.0 |" in page

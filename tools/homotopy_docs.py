@@ -179,7 +179,7 @@ def _ablation(lines: list[str], fig3: dict, ablation: dict, meta: dict) -> None:
 
 DESKIP_FINDINGS = [  # what the runs showed, in words (written after reading them)
     "",
-    "- With batch statistics in training (the `foldpass` recipe, batch norm frozen only at t = 0), the narrow "
+    "- With batch statistics in training (the `no-teacher` recipe, batch norm frozen only at t = 0), the narrow "
     "ResNet34 collapses to one class in eval mode in every seed, long before t reaches 0, and resnet18 loses up to "
     "25 points in one seed: the failure of the plain network trained on batch statistics, as in the ablation.",
     "- With batch norm frozen from the first step at the trained network's statistics (the `deskip` recipe), "
@@ -191,7 +191,7 @@ DESKIP_FINDINGS = [  # what the runs showed, in words (written after reading the
     "- resnet18 needs no more than 5 epochs; the 33-layer, 8-wide ResNet34 gains from 10 but stays short of "
     "the 1-point goal: its blocks lean on their skips more than resnet18's.",
 ]
-DESKIP_RECIPES = {"foldpass": "foldpass (batch norm frozen at t = 0)",
+DESKIP_RECIPES = {"foldpass": "no-teacher (batch norm frozen at t = 0)",
                   "deskip": "deskip (batch norm frozen throughout, never re-estimated; the default)",
                   "deskip-10": "deskip, 10 epochs"}
 
@@ -217,7 +217,7 @@ def _deskip(lines: list[str], results: dict, meta: dict) -> None:
         diffs = [(e["optimized_val_acc"] - e["original_val_acc"]) * 100 for e in entries]
         gap, sd = mean_sd(diffs)
         e0 = entries[0]
-        verdicts.append(f"{name} with `{variant}`: {gap:+.2f} points, "
+        verdicts.append(f"{name} with {DESKIP_RECIPES.get(variant, variant).split(' (')[0]}: {gap:+.2f} points, "
                         f"{'within' if gap >= -1.0 else 'NOT within'} 1 point of the original")
         lines.append(f"| {names.get(name, name)} | {DESKIP_RECIPES.get(variant, variant)} | "
                      f"{pct([e['original_val_acc'] for e in entries])} | "

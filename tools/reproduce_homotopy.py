@@ -67,7 +67,7 @@ ABLATION = {
 STAGES = 10
 # de-skip recipes: name -> (recipe, epochs of fine-tuning; None: --deskip-epochs)
 DESKIP = {
-    "foldpass": ("foldpass", None),
+    "foldpass": ("no-teacher", None),  # run as "foldpass" before that recipe gained its teacher
     "deskip": ("deskip", None),
     "deskip-10": ("deskip", 10),
 }
