@@ -135,11 +135,6 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
     """
     _check(epochs, batch_size, limit, steps_per_t)
     plan_recipe = _resolve(recipe)
-    if plan_recipe.distill and teacher is None and plan_recipe.self_teacher_t is None and plan_recipe.teacher_t is None:
-        raise InputError("distillation needs a teacher: foldpass deskip uses the residual original; "
-                         "train_homotopy takes teacher=MODEL")
-    if teacher is not None and not plan_recipe.distill:
-        raise InputError("a teacher needs a distillation weight: recipe(..., distill=0.5)")
     rank, device = init_distributed()
     train_set, val_set = load_dataset(data, data_dir, download, limit)
     steps = steps_per_t or -(-len(train_set) // batch_size)
@@ -176,7 +171,8 @@ def deskip(model: nn.Module, *, epochs: int = 5, t0: float = 0.5, recipe: Recipe
     _, val_set = load_dataset(data, options.get("data_dir"), options.get("download", False), options.get("limit"))
     model.eval()
     original_acc = evaluate(model, val_set)[1]
-    original = copy.deepcopy(model) if base.distill else None
+    if base.distill:  # the residual original, before any conversion, is the teacher
+        options["teacher"] = copy.deepcopy(model)
     start = get_t(model)
     error = 0.0
     if start is None:
@@ -192,8 +188,6 @@ def deskip(model: nn.Module, *, epochs: int = 5, t0: float = 0.5, recipe: Recipe
             raise VerificationError(f"the converted model differs from the original by {error:.3g} "
                                     f"(scale {scale:.3g}) before any training")
         model, start = converted, t0
-    if base.distill:
-        options["teacher"] = original
     if base.schedule in ("paper", "paper-t05"):  # printed lists: 0.9, ... and 0.5, ...
         if start not in (0.9, 0.5):
             raise InputError(f"the paper's lists start at 0.9 or 0.5, the model at t = {start:g}; use recipe 'foldpass'")

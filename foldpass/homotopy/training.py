@@ -123,8 +123,10 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
     if freeze_bn not in FREEZE_BN:
         raise InputError(f"unknown freeze_bn '{freeze_bn}'; valid: {', '.join(FREEZE_BN)}")
     if not 0.0 <= distill <= 1.0 or (distill > 0) != (teacher is not None or self_teacher_t is not None):
-        raise InputError(f"distill must be in [0, 1] and needs a teacher (and a teacher a distill weight); "
-                         f"got {distill:g} with{'' if teacher is not None else 'out'} a teacher")
+        raise InputError(f"distill must be in [0, 1], and distillation needs a teacher and a teacher a distill "
+                         f"weight (foldpass deskip uses the residual original; train_homotopy takes teacher=MODEL "
+                         f"with recipe(..., distill=0.5)); got {distill:g} with"
+                         f"{'' if teacher is not None else 'out'} a teacher")
     if teacher is not None:
         teacher = _eval_mode(teacher.to(device))
     torch.manual_seed(seed)
