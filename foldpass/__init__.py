@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import importlib
 
-from . import defaults
-from ._version import __version__
-from .errors import FoldpassError, InputError, PassError, VerificationError
+from . import defaults  # noqa: F401 - re-exported (__all__ below)
+from ._version import __version__  # noqa: F401 - re-exported
+from .errors import FoldpassError, InputError, PassError, VerificationError  # noqa: F401 - re-exported
 
 # public name -> the module that defines it
 # (no module is named like a public function: importing it would replace the function on the package)
@@ -30,6 +30,7 @@ _API = {
     "PIPELINES": "passes", "PassResult": "passes", "run_pipeline": "passes",
     "check_outputs": "outputs", "write_json": "outputs", "verify": "verification", "Verification": "verification",
     "bench": "benchmark", "BenchResult": "benchmark", "demo": "quickstart", "DemoResult": "quickstart",
+    "load_data": "data", "DataSplits": "data",
     "versions": "about", "require": "extras", "info": "info", "Info": "info",
     # the side products
     "Blend": "homotopy", "MultiBlend": "homotopy", "blend_residuals": "homotopy", "make_schedule": "homotopy",

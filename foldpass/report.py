@@ -64,7 +64,8 @@ class Report:
             "before": stats(self.before), "after": stats(self.after),
             "applied": [n.as_dict() for n in self.applied], "declined": [n.as_dict() for n in self.declined],
             "info": [n.as_dict() for n in self.notes if n.action == "info"],
-            "max_error": self.max_error, "verification": self.verification, "onnx_ops": self.onnx_ops, "direct_ops": self.direct_ops,
+            "max_error": self.max_error, "verification": self.verification, "onnx_ops": self.onnx_ops,
+            "direct_ops": self.direct_ops,
             "timings_s": self.timings, "warnings": self.warnings,
         }
 

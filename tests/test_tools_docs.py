@@ -70,6 +70,28 @@ def test_homotopy_page_lists_each_deskip_recipe(tmp_path):
                           "resnet18/deskip/1": entry(0.97, 0.97)}}
     homotopy_docs.write_docs(results, str(tmp_path))
     page = (tmp_path / "homotopy.md").read_text()
-    assert "| deskip (batch norm frozen throughout, never re-estimated; the default) | 97.50 +- 0.71 | 97.25 +- 0.35 | -0.25 +- 0.35 | " \
+    assert "| deskip (batch norm frozen throughout, never re-estimated; the default) | 97.50 +- 0.71 | " \
+           "97.25 +- 0.35 | -0.25 +- 0.35 | " \
            "-0.5, +0.0 |" in page
     assert "| no-teacher (batch norm frozen at t = 0) | 98.00 +- 0.00 | 90.00 +- 0.00 | -8.00 +- 0.00 | -8.0 |" in page
+
+
+def test_homotopy_page_compares_the_three_split_runs_with_the_former_ones():
+    meta = {"model": "ResNet34 (width 8)", "lr": 0.001, "steps_per_t": 5, "seeds": 2, "machine": "test", "torch": "x",
+            "date": "2026-12-02"}
+    before = {"meta": meta,
+              "ablation": {f"static t = 0.5, cosine lr/{s}": {"val_acc": [0.97]} for s in "01"} | {
+                  f"{homotopy_docs.DISTILLED}/{s}": {"val_acc": [0.97], "optimized_val_acc": v}
+                  for s, v in (("0", 0.975), ("1", 0.965))},
+              "deskip": {"resnet18/deskip/0": {"original_val_acc": 0.98, "optimized_val_acc": 0.975}}}
+    after = {"meta": meta,
+             "ablation": {f"static t = 0.5, cosine lr/{s}": {"test_acc": 0.96} for s in "01"} | {
+                 f"{homotopy_docs.DISTILLED}/{s}": {"optimized_test_acc": v} for s, v in (("0", 0.95), ("1", 0.93))},
+             "deskip": {"resnet18/deskip/0": {"original_test_acc": 0.98, "optimized_test_acc": 0.97}}}
+    lines: list[str] = []
+    homotopy_docs._splits(lines, before, after)
+    page = "\n".join(lines)
+    assert "## Re-measured with three splits" in page
+    assert "| foldpass recipe, deployed at t = 0 (after `foldpass optimize`) | 97.00 +- 0.71 | 94.00 +- 1.41 |" in page
+    assert "| the claim: foldpass recipe - static t = 0.5, cosine lr | +0.00 +- 0.71 | -2.00 +- 1.41 | **no** |" in page
+    assert "| de-skip resnet18 (5 epochs): change | -0.50 +- 0.00 | -1.00 +- 0.00 | yes |" in page

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import foldpass  # noqa: E402
 from foldpass.benchmark import bench, environment  # noqa: E402
-from foldpass.homotopy.data import load_dataset  # noqa: E402
+from foldpass.data import load_data  # noqa: E402
 from foldpass.decomposition.low_rank_decomposition import plan, total_params  # noqa: E402
 from foldpass.homotopy.training import evaluate, train  # noqa: E402
 
@@ -93,34 +93,35 @@ def main() -> None:
 
     lrd.CP_SWEEPS = args.cp_sweeps
     torch.manual_seed(0)
-    data = load_dataset("digits", image_shape=(3, 32, 32))
+    data = load_data("digits", shape=(3, 32, 32))  # train / selection / test
     model = cifar_resnet18()
     began = time.perf_counter()
     if args.trained and os.path.exists(args.trained):
         model.load_state_dict(torch.load(args.trained, weights_only=True))
     else:
-        train(model, *data, None, args.epochs, lr=1e-3,
+        train(model, data.train, data.selection, None, args.epochs, lr=1e-3,
               log=lambda e: print(f"train epoch {e.epoch}: val acc {e.val_acc:.4f}", flush=True))
         if args.trained:
             torch.save(model.state_dict(), args.trained)
     train_s = time.perf_counter() - began
     model.eval()
     x = torch.randn(1, 3, 32, 32)
-    records = {"original": {"params": sum(p.numel() for p in model.parameters()), "accuracy": evaluate(model, data[1])[1]}}
+    records = {"original": {"params": sum(p.numel() for p in model.parameters()), "accuracy": evaluate(model, data.test)[1]}}
     modules = {"original": model}
     for name, (method, share) in VARIANTS.items():
         rank = share if share == "auto" else round(layer_fraction(model, x, method, share), 4)
         began = time.perf_counter()
-        result = foldpass.decompose(model, x, method, rank, finetune=(*data, args.finetune_epochs), lr=args.lr)
+        result = foldpass.decompose(model, x, method, rank, finetune=(data, args.finetune_epochs), lr=args.lr)
         records[name] = {"method": method, "rank": rank, "params": result.params[1], "params_before": result.params[0],
                          "macs": list(result.macs), "output_error": result.output_error, "accuracy": result.accuracy,
+                         "test_accuracy": result.test_accuracy,
                          "layers": [layer.as_dict() for layer in result.layers], "kept": result.kept,
                          "seconds": time.perf_counter() - began}
         modules[name] = result.module
         print(f"{name}: params {result.params[0]:,} -> {result.params[1]:,}, accuracy {result.accuracy}", flush=True)
     control = copy.deepcopy(model)
-    train(control, *data, None, args.finetune_epochs, lr=args.lr)
-    records[CONTROL] = {"params": records["original"]["params"], "accuracy": evaluate(control, data[1])[1]}
+    train(control, data.train, data.selection, None, args.finetune_epochs, lr=args.lr)
+    records[CONTROL] = {"params": records["original"]["params"], "accuracy": evaluate(control, data.test)[1]}
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for name, module in modules.items():
@@ -172,7 +173,8 @@ def write_docs(d: dict) -> None:
         speed = (f"{t[1]['median_us_per_image']:,.0f} ({t[1]['speedup_vs_first']:.2f}x) | "
                  f"{t[8]['median_us_per_image']:,.0f} ({t[8]['speedup_vs_first']:.2f}x)") if t else "- | -"
         macs = r["macs"][1] if "macs" in r else macs0
-        lines.append(f"| {name} | {r['params']:,} | {r['params'] / r.get('params_before', base):.1%} | {macs / 1e6:,.1f}M | {accs} | {speed} | "
+        lines.append(f"| {name} | {r['params']:,} | {r['params'] / r.get('params_before', base):.1%} | "
+                     f"{macs / 1e6:,.1f}M | {accs} | {speed} | "
                      f"{seed[0]} | {seed[1]} |")
     methods = {m: r for m, r in rec.items() if "layers" in r}
     errors = {m: sum(x["error"] for x in r["layers"]) / max(len(r["layers"]), 1) for m, r in methods.items()}
@@ -197,7 +199,8 @@ def write_docs(d: dict) -> None:
         worst = max(ref - v for v in at_seed.values())
         accuracy = (
             f"- **Accuracy.** Straight after factorizing {after}: the per-layer reconstruction error is "
-            f"{min(errors.values()):.2f} to {max(errors.values()):.2f} of the weights' norm, and the batch norms' frozen statistics "
+            f"{min(errors.values()):.2f} to {max(errors.values()):.2f} of the weights' norm, and the batch norms' "
+            "frozen statistics "
             "then mis-normalize layer after layer. Recalibrating those statistics on the training images (no labels, "
             f"no gradient) gives {min(calibrated.values()):.0%} to {max(calibrated.values()):.0%}. After "
             f"{d['finetune_epochs']} fine-tuning epochs the methods at the seed's parameter share reach "

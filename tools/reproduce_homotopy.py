@@ -73,8 +73,13 @@ DESKIP = {
 }
 
 
+# the runs re-measured with three splits (--splits): the claim's three rows and the de-skip table
+SPLITS_RUNS = ("static t = 0.5/", "static t = 0.5, cosine lr/", "distilled from the static t = 0.5 model/",
+               "resnet18/deskip/", "resnet34/deskip/", "resnet34/deskip-10/")
+
+
 def settings_key(args) -> str:
-    return f"w{args.width}-s{args.steps_per_t}-lr{args.lr:g}"
+    return f"w{args.width}-s{args.steps_per_t}-lr{args.lr:g}" + ("-splits" if args.splits else "")
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -86,7 +91,7 @@ def _worker_init() -> None:
 
 
 def _evaluate_optimized(model, val):
-    """The deployed network: `foldpass.optimize` (skips removed at t = 0), evaluated on the validation set."""
+    """The deployed network: `foldpass.optimize` (skips removed at t = 0), evaluated on `val`."""
     import torch
 
     import foldpass
@@ -97,6 +102,20 @@ def _evaluate_optimized(model, val):
     return evaluate(result.module, val)[1], sum(ops.get(k, 0) for k in ("mul", "add"))
 
 
+def _data(task: dict):
+    """(train, the set the log and every choice sees, the set the result is reported on, its name).
+    splits: 3,500 train / 500 selection / 1,000 test (foldpass.load_data); val: the former protocol,
+    4,000 train and 1,000 validation images that both the log and the result read."""
+    from torch.utils.data import ConcatDataset
+
+    from foldpass.data import load_data
+
+    splits = load_data("mnist5k")
+    if task.get("protocol") == "splits":
+        return splits.train, splits.selection, splits.test
+    return ConcatDataset([splits.train, splits.selection]), splits.test, splits.test
+
+
 def run_schedule(task: dict) -> dict:
     """One Figure 3 / ablation / Figure 2 run."""
     import copy
@@ -104,11 +123,10 @@ def run_schedule(task: dict) -> dict:
     import torch
 
     import models
-    from foldpass.homotopy.data import load_dataset
     from foldpass.homotopy.schedules import make_schedule
     from foldpass.homotopy.training import evaluate, recalibrate_batchnorm, train
 
-    train_set, val_set = load_dataset("mnist5k")
+    train_set, val_set, test_set = _data(task)
     torch.manual_seed(task["seed"])
     model = models.resnet34(t=task["t0"], width=task["width"])
     options = dict(task["options"])
@@ -131,11 +149,12 @@ def run_schedule(task: dict) -> dict:
     if task.get("save"):
         os.makedirs(CACHE, exist_ok=True)
         torch.save(model.state_dict(), os.path.join(CACHE, task["save"]))
+    entry["test_acc"] = evaluate(model, test_set)[1]  # after every choice: the reported result
     if task["kind"] != "static":
-        entry["optimized_val_acc"], entry["skips_left"] = _evaluate_optimized(model, val_set)
+        entry["optimized_test_acc"], entry["skips_left"] = _evaluate_optimized(model, test_set)
         recalibrated = copy.deepcopy(model)
         recalibrate_batchnorm(recalibrated, train_set)
-        entry["recalibrated_val_acc"] = evaluate(recalibrated.eval(), val_set)[1]
+        entry["recalibrated_test_acc"] = evaluate(recalibrated.eval(), test_set)[1]
     return entry
 
 
@@ -155,11 +174,11 @@ def run_deskip(task: dict) -> dict:
     import torch
 
     import models
+    from foldpass.data import load_data
     from foldpass.homotopy import deskip
-    from foldpass.homotopy.data import load_dataset
     from foldpass.homotopy.training import evaluate, train
 
-    train_set, val_set = load_dataset("mnist5k")
+    train_set, val_set, test_set = _data(task)
     torch.manual_seed(task["seed"])
     entry: dict = {}
     cached = os.path.join(CACHE, task["original"] + ".original.pt")
@@ -179,12 +198,15 @@ def run_deskip(task: dict) -> dict:
     os.makedirs(CACHE, exist_ok=True)
     torch.save(model, cached)
     began = time.perf_counter()
-    result = deskip(model, data="mnist5k", epochs=task["epochs"], seed=task["seed"], lr=task["lr"],
+    splits = load_data("mnist5k")
+    if task.get("protocol") != "splits":  # the former protocol: trained on 4,000, everything seen on the 1,000
+        splits.train, splits.selection = train_set, val_set
+    result = deskip(model, data=splits, epochs=task["epochs"], seed=task["seed"], lr=task["lr"],
                     recipe=task["recipe"])
     entry.update(seconds=time.perf_counter() - began, conversion_max_error=result.conversion_error,
                  final_val_acc=result.history[-1].val_acc, epochs=task["epochs"], val_acc=[h.val_acc for h in result.history],
-                 t=[h.t for h in result.history])
-    entry["optimized_val_acc"], entry["skips_left"] = _evaluate_optimized(result.model, val_set)
+                 t=[h.t for h in result.history], original_test_acc=result.original_test_acc, test_acc=result.test_acc)
+    entry["optimized_test_acc"], entry["skips_left"] = _evaluate_optimized(result.model, test_set)
     torch.save(result.model, os.path.join(CACHE, task["save"] + ".deskipped.pt"))
     return entry
 
@@ -197,7 +219,8 @@ def run(task: dict) -> tuple[str, str, dict]:
 # ----------------------------------------------------------------------------- the tasks
 
 def tasks(phase: str, args, results: dict) -> list[dict]:
-    base = {"width": args.width, "steps_per_t": args.steps_per_t, "lr": args.lr}
+    base = {"width": args.width, "steps_per_t": args.steps_per_t, "lr": args.lr,
+            "protocol": "splits" if args.splits else "val"}
     out = []
     if phase in ("figure3", "ablation"):
         for name, (kind, t0, options, lr_schedule) in (FIGURE3 if phase == "figure3" else ABLATION).items():
@@ -215,13 +238,16 @@ def tasks(phase: str, args, results: dict) -> list[dict]:
         for variant, (chosen, epochs) in DESKIP.items():
             for seed in range(args.seeds):
                 for model in ("resnet18", "resnet34"):
-                    original = f"resnet18-{seed}" if model == "resnet18" else f"{settings_key(args)}-resnet34-{seed}"
+                    original = (f"resnet18{'-splits' if args.splits else ''}-{seed}" if model == "resnet18"
+                                else f"{settings_key(args)}-resnet34-{seed}")
                     out.append(dict(base, phase=phase, key=f"{model}/{variant}/{seed}", model=model, seed=seed,
                                     lr=args.lr, train_epochs=args.deskip_train_epochs,
                                     epochs=epochs or args.deskip_epochs, recipe=chosen, original=original,
                                     load=f"{settings_key(args)}-static-{seed}.pt", save=f"{original}.{variant}"))
     if args.variant:
         out = [t for t in out if args.variant in t["key"]]
+    if args.splits:
+        out = [t for t in out if any(run in t["key"] for run in SPLITS_RUNS)]
     return [t for t in out if t["key"] not in results.get(phase, {})]
 
 
@@ -235,8 +261,8 @@ def run_phase(phase: str, args, results: dict) -> None:
         for name, key, entry in pool.imap_unordered(run, todo):
             results.setdefault(name, {})[key] = entry
             save(results, args)
-            acc = entry.get("optimized_val_acc", entry.get("val_acc", [0])[-1] if "val_acc" in entry else 0)
-            print(f"{name}: {key}: val acc {acc:.4f} ({entry.get('seconds', 0):.0f} s)", flush=True)
+            acc = entry.get("optimized_test_acc", entry.get("optimized_val_acc", entry.get("test_acc", 0)))
+            print(f"{name}: {key}: accuracy {acc:.4f} ({entry.get('seconds', 0):.0f} s)", flush=True)
 
 
 def bench_phase(args, results: dict) -> None:
@@ -273,7 +299,8 @@ def bench_phase(args, results: dict) -> None:
 # ----------------------------------------------------------------------------- docs
 
 def json_path(args) -> str:
-    return args.json or os.path.join(DOCS if not args.quick else CACHE, "homotopy.json")
+    return args.json or os.path.join(DOCS if not args.quick else CACHE,
+                                     "homotopy_splits.json" if args.splits else "homotopy.json")
 
 
 def save(results: dict, args) -> None:
@@ -303,6 +330,9 @@ def main() -> None:
     parser.add_argument("--variant", help="only the runs whose name contains this")
     parser.add_argument("--json", help="keep the results in this file (default docs/homotopy.json)")
     parser.add_argument("--merge", action="append", default=[], help="add the runs of another results file")
+    parser.add_argument("--splits", action="store_true",
+                        help="the three-split protocol (3,500 train / 500 selection / 1,000 test) for the claim and "
+                             "de-skip runs; its own JSON (docs/homotopy_splits.json), compared with docs/homotopy.json")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.steps_per_t, args.deskip_train_epochs, args.deskip_epochs, args.rounds = 1, 20, 2, 2, 3
@@ -327,7 +357,8 @@ def main() -> None:
                 "machine": "{cpu}, {cores} cores".format(**environment("cpu")),
                 "date": datetime.date.today().isoformat()}
         if results and results.get("meta", {}).get("settings") != meta["settings"] and not args.fresh:
-            sys.exit(f"{path} holds runs made with {results.get('meta', {}).get('settings', 'other settings')}, not {meta['settings']}; "
+            made = results.get("meta", {}).get("settings", "other settings")
+            sys.exit(f"{path} holds runs made with {made}, not {meta['settings']}; "
                      "pass --fresh to start over")
         if args.fresh:
             results = {}
@@ -342,7 +373,15 @@ def main() -> None:
             save(results, args)
     from homotopy_docs import write_docs
 
-    write_docs(results, DOCS if not args.quick else CACHE)
+    if args.splits:  # the page compares these runs with the former protocol's (docs/homotopy.json)
+        with open(os.path.join(DOCS, "homotopy.json")) as f:
+            results, splits = json.load(f), results
+    else:
+        splits = None
+        if os.path.exists(os.path.join(DOCS, "homotopy_splits.json")) and not args.quick:
+            with open(os.path.join(DOCS, "homotopy_splits.json")) as f:
+                splits = json.load(f)
+    write_docs(results, DOCS if not args.quick else CACHE, splits=splits)
 
 
 if __name__ == "__main__":

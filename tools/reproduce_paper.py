@@ -158,7 +158,8 @@ def write_docs(out: str, env: dict, records: list[dict]) -> None:
         "",
         "![batch 64 per-image times](paper_cases.png)",
         "",
-        "| case | paper (GPU, PyTorch, batch 64) | foldpass vs original, ORT CPU, batch 64 / 1 | hand-written reference, batch 64 / 1 |",
+        "| case | paper (GPU, PyTorch, batch 64) | foldpass vs original, ORT CPU, batch 64 / 1 | "
+        "hand-written reference, batch 64 / 1 |",
         "|---|---|---:|---:|",
     ]
     for rec in records:

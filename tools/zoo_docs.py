@@ -87,7 +87,8 @@ def write_docs(results: dict, folder: str) -> None:
              "rounds, median ratio against the direct export (> 1 is faster), measured only where the op counts "
              "differ; A/A is the direct export timed again as its own peer, how far its ratio is from 1 (the noise "
              "band: these runs shared the 2 cores with other jobs, and the band says how much that moved the ratios). "
-             "Rows measured at an older commit say so (`commit`). Re-run: `python tools/zoo.py` (resumable; `--docs-only` redraws this page).", ""]
+             "Rows measured at an older commit say so (`commit`). Re-run: `python tools/zoo.py` (resumable; "
+             "`--docs-only` redraws this page).", ""]
     for title, group in (("timm's re-parameterizable families (smallest model of each)", timm),
                          ("torchvision classification models under 100M parameters", tv)):
         if not group:

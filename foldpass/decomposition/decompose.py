@@ -2,7 +2,7 @@
 optional batch-norm recalibration and fine-tuning. Lossy, unlike `optimize`: the result reports
 how far its outputs moved instead of refusing to be written.
 
-    result = foldpass.decompose(model, x, method="tucker", rank=0.1, finetune=(train_set, val_set, 2))
+    result = foldpass.decompose(model, x, method="tucker", rank=0.1, finetune=(foldpass.load_data("digits"), 2))
     result.save_pt2("small.pt2")            # then: foldpass optimize small.pt2 -o small.onnx
 
 With data, the steps after factorizing are: (1) recalibrate every batch norm's running statistics
@@ -38,7 +38,9 @@ class DecomposeResult:
     params: tuple[int, int]
     macs: tuple[int, int]
     output_error: float  # max |new - old| / max |old| on random inputs, before fine-tuning
-    accuracy: dict = field(default_factory=dict)  # "original", "decomposed", "recalibrated", "finetuned" (validation)
+    accuracy: dict = field(default_factory=dict)  # "original", "decomposed", "recalibrated", "finetuned" (selection)
+    test_accuracy: dict = field(default_factory=dict)  # "original", "final": the test split, read once at the end
+    data: dict = field(default_factory=dict)  # DataSplits.describe()
     kept: list[str] = field(default_factory=list)  # each conv left alone, and why
     inputs: tuple[torch.Tensor, ...] = field(default=(), repr=False)
 
@@ -69,13 +71,18 @@ class DecomposeResult:
                       f"({m[1] / max(m[0], 1):.1%}); outputs moved by {self.output_error:.3g} of their scale "
                       "(decomposition is lossy: this is reported, not verified)")
         if self.accuracy:
-            console.print("validation accuracy: " + ", ".join(f"{k} {v:.2%}" for k, v in self.accuracy.items()))
+            console.print("selection accuracy: " + ", ".join(f"{k} {v:.2%}" for k, v in self.accuracy.items()))
+        if self.test_accuracy:
+            t = self.test_accuracy
+            console.print(f"test accuracy: original {t['original']:.2%}, decomposed {t['final']:.2%} "
+                          f"({(t['final'] - t['original']) * 100:+.2f} points)")
         if not self.layers:
             console.print("no layer was decomposed (each one's reason is listed above)")
 
     def as_dict(self) -> dict:
         return {"method": self.method, "rank": self.rank, "params": list(self.params), "macs": list(self.macs),
-                "output_error": self.output_error, "accuracy": self.accuracy,
+                "output_error": self.output_error, "accuracy": self.accuracy, "test_accuracy": self.test_accuracy,
+                "data": self.data,
                 "layers": [layer.as_dict() for layer in self.layers], "kept": self.kept}
 
 
@@ -84,9 +91,10 @@ def decompose(model: torch.nn.Module | ExportedProgram, example_input: torch.Ten
               log=None) -> DecomposeResult:
     """Traces `model`, factorizes its k x k convs where that saves MACs, and optionally fine-tunes.
 
-    `finetune`: (train_set, val_set, epochs); batch norm is recalibrated on train_set first (unless
-    `recalibrate` is False), then trained `epochs` with Adam at `lr`; the validation accuracy after
-    each step is recorded in `accuracy` ("original", "decomposed", "recalibrated", "finetuned").
+    `finetune`: (DataSplits, epochs); batch norm is recalibrated on its train split first (unless
+    `recalibrate` is False), then trained `epochs` with Adam at `lr`; the selection accuracy after
+    each step is recorded in `accuracy` ("original", "decomposed", "recalibrated", "finetuned"), and
+    at the end the original and the result are evaluated on the test split (`test_accuracy`).
     """
     from ..homotopy.training import evaluate, train
 
@@ -110,7 +118,9 @@ def decompose(model: torch.nn.Module | ExportedProgram, example_input: torch.Ten
     out = DecomposeResult(gm, method, rank, layers, (before_params, total_params(gm)), (before_macs, after_macs),
                           error, kept=[n.message for n in result.notes if n.action == "declined"], inputs=inputs)
     if finetune:
-        train_set, val_set, epochs = finetune
+        splits, epochs = finetune
+        train_set, val_set = splits.train, splits.selection
+        out.data = splits.describe()
         out.accuracy["original"] = evaluate(original, val_set)[1]
         out.accuracy["decomposed"] = evaluate(gm, val_set)[1]
         if recalibrate and recalibrate_batchnorm(gm, train_set):
@@ -119,4 +129,5 @@ def decompose(model: torch.nn.Module | ExportedProgram, example_input: torch.Ten
             with trainable_batchnorm(gm):
                 train(gm, train_set, val_set, None, epochs, lr=lr, log=log)
             out.accuracy["finetuned"] = evaluate(gm, val_set)[1]
+        out.test_accuracy = {"original": evaluate(original, splits.test)[1], "final": evaluate(gm, splits.test)[1]}
     return out

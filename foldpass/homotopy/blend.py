@@ -105,7 +105,10 @@ def residual_roles(node: fx.Node, memo: dict | None = None) -> tuple[fx.Node, fx
     order = {n: i for i, n in enumerate(node.graph.nodes)}
     fork = max(common, key=order.__getitem__)
     fork_anc = _ancestors(fork, memo)
-    ops = lambda anc: sum(1 for n in anc - fork_anc if n.op in ("call_module", "call_function", "call_method"))
+
+    def ops(anc):
+        return sum(1 for n in anc - fork_anc if n.op in ("call_module", "call_function", "call_method"))
+
     len_a, len_b = ops(anc_a), ops(anc_b)
     if len_a == len_b:
         return f"both operands are {len_a} ops from their fork {fork.name}: no branch / shortcut to tell apart"

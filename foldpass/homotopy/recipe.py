@@ -36,9 +36,9 @@ from torch import nn
 
 from ..blend_weight import get_t
 from ..defaults import DEFAULT_DATASET, DEFAULT_DESKIP_RECIPE, DEFAULT_RECIPE
+from ..data import DataSplits, load_data
 from ..errors import InputError, VerificationError
 from .blend import blend_residuals
-from .data import load_dataset
 from .schedules import make_schedule
 from .training import EpochLog, evaluate, export_pt2, init_distributed, train
 
@@ -82,16 +82,19 @@ def _resolve(chosen: Recipe | str) -> Recipe:
 @dataclass
 class TrainResult:
     model: nn.Module
-    history: list[EpochLog] = field(default_factory=list)
+    history: list[EpochLog] = field(default_factory=list)  # per stage; val_* on the selection split
     rank: int = 0  # the process's rank under torchrun: only rank 0 writes
     recipe: Recipe | None = None
+    test_acc: float | None = None  # the final evaluation, on the test split (after every choice)
+    data: dict = field(default_factory=dict)  # DataSplits.describe(): which images each split holds
+    input_shape: tuple[int, int, int] = (1, 28, 28)  # C, H, W: what the written .pt2 takes
 
     @property
     def t(self) -> float | None:
         return get_t(self.model)
 
     def save_pt2(self, path: str, force: bool = False) -> None:
-        export_pt2(self.model, path, force=force)
+        export_pt2(self.model, path, force=force, input_shape=self.input_shape)
 
     def history_dicts(self) -> list[dict]:
         return [vars(h) for h in self.history]
@@ -99,8 +102,9 @@ class TrainResult:
 
 @dataclass
 class DeskipResult(TrainResult):
-    original_val_acc: float = 0.0
-    conversion_error: float = 0.0  # max |converted - original| on validation images, before fine-tuning
+    original_val_acc: float = 0.0  # on the selection split
+    conversion_error: float = 0.0  # max |converted - original| on selection images, before fine-tuning
+    original_test_acc: float | None = None  # on the test split, evaluated with the final model's, at the end
 
     @property
     def final_val_acc(self) -> float:
@@ -108,8 +112,8 @@ class DeskipResult(TrainResult):
 
     @property
     def change(self) -> float:
-        """Validation accuracy at t = 0 minus the original's, in points."""
-        return (self.final_val_acc - self.original_val_acc) * 100
+        """Test accuracy at t = 0 minus the original's, in points."""
+        return ((self.test_acc or 0.0) - (self.original_test_acc or 0.0)) * 100
 
 
 def _check(epochs: int, batch_size: int, limit: int | None, steps_per_t: int | None) -> None:
@@ -118,14 +122,25 @@ def _check(epochs: int, batch_size: int, limit: int | None, steps_per_t: int | N
             raise InputError(f"{name} must be at least 1; got {value}")
 
 
+def splits_of(data: str | DataSplits, limit: int | None = None, **options) -> DataSplits:
+    """The data as three splits: a DataSplits as it is (cut to `limit`), or load_data(data, **options)."""
+    if isinstance(data, DataSplits):
+        return data.limited(limit)
+    return load_data(data, limit=limit, **{k: v for k, v in options.items() if v is not None})
+
+
 def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, epochs: int = 10,
-                   steps_per_t: int | None = None, data: str = DEFAULT_DATASET, data_dir: str | None = None,
-                   download: bool = False, limit: int | None = None, batch_size: int = 64, lr: float = 1e-3,
-                   seed: int = 0, convert: bool = False, exact: bool = False, checkpoint: str | None = None,
-                   resume: str | None = None, progress: bool = False, teacher: nn.Module | None = None,
+                   steps_per_t: int | None = None, data: str | DataSplits = DEFAULT_DATASET,
+                   data_dir: str | None = None, download: bool = False, limit: int | None = None,
+                   batch_size: int = 64, lr: float = 1e-3, seed: int = 0, convert: bool = False, exact: bool = False,
+                   checkpoint: str | None = None, resume: str | None = None, progress: bool = False,
+                   teacher: nn.Module | None = None, workers: int = 0,
                    log: Callable[[EpochLog], None] | None = None) -> TrainResult:
     """Trains `model` for `epochs` stages (passes over the data, or `steps_per_t` steps each) along
-    the recipe's schedule of t down to 0.
+    the recipe's schedule of t down to 0, on the data's train split; the log is on its selection
+    split and, once training is over, the result is evaluated on its test split (`test_acc`).
+
+    data: a built-in name, folder:PATH, PATH.npz, pkg.module:callable (load_data) or a DataSplits.
 
     convert: blend the model's residual adds first (blend_residuals; exact=True keeps a pretrained
     model's function at t0). Without it the model must already have a blend weight t.
@@ -136,7 +151,8 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
     _check(epochs, batch_size, limit, steps_per_t)
     plan_recipe = _resolve(recipe)
     rank, device = init_distributed()
-    train_set, val_set = load_dataset(data, data_dir, download, limit)
+    splits = splits_of(data, limit, data_dir=data_dir, download=download)
+    train_set, val_set = splits.train, splits.selection
     steps = steps_per_t or -(-len(train_set) // batch_size)
     plan = make_schedule(plan_recipe.schedule, epochs, plan_recipe.t0, plan_recipe.per, steps,
                          zero_fraction=plan_recipe.zero_fraction)
@@ -147,29 +163,34 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
     if teacher is None and plan_recipe.distill and plan_recipe.teacher_t is not None:
         teacher = copy.deepcopy(model)  # the same start, kept at a static t with its skips
         train(teacher, train_set, val_set, make_schedule("static", epochs, plan_recipe.teacher_t), epochs, lr=lr,
-              batch_size=batch_size, seed=seed, device=device, steps_per_t=steps_per_t,
+              batch_size=batch_size, seed=seed, device=device, steps_per_t=steps_per_t, workers=workers,
               progress=progress and rank == 0)
     history = train(model, train_set, val_set, plan, epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                     steps_per_t=steps_per_t, lr_schedule=plan_recipe.lr_schedule, recalibrate=plan_recipe.recalibrate,
                     freeze_bn=plan_recipe.freeze_bn, freeze_t=plan_recipe.freeze_t, teacher=teacher,
                     self_teacher_t=plan_recipe.self_teacher_t,
                     distill=plan_recipe.distill,
-                    checkpoint=checkpoint, resume=resume, progress=progress and rank == 0,
+                    checkpoint=checkpoint, resume=resume, progress=progress and rank == 0, workers=workers,
                     log=log if rank == 0 else None)
-    return TrainResult(model, history, rank, plan_recipe)
+    test_acc = evaluate(model, splits.test, device=device, workers=workers)[1]  # the final evaluation
+    return TrainResult(model, history, rank, plan_recipe, test_acc, splits.describe(), tuple(splits.shape))
 
 
 def deskip(model: nn.Module, *, epochs: int = 5, t0: float = 0.5, recipe: Recipe | str = DEFAULT_DESKIP_RECIPE,
-           data: str = DEFAULT_DATASET, **options) -> DeskipResult:
+           data: str | DataSplits = DEFAULT_DATASET, **options) -> DeskipResult:
     """A trained residual network -> the same function with its residual adds as blends at t0
-    (checked on validation images before any training), fine-tuned along the recipe to t = 0.
+    (checked on selection images before any training), fine-tuned along the recipe to t = 0. The
+    original and the de-skipped network are evaluated on the test split at the end (`change`).
 
     A model that already has blends (a weight t) starts from its own t. `options` go to
     train_homotopy (steps_per_t, data_dir, lr, seed, checkpoint, progress, log, ...).
     """
     base = _resolve(recipe)
-    _, val_set = load_dataset(data, options.get("data_dir"), options.get("download", False), options.get("limit"))
+    splits = splits_of(data, options.pop("limit", None), data_dir=options.pop("data_dir", None),
+                       download=options.pop("download", False))
+    val_set = splits.selection
     model.eval()
+    original = copy.deepcopy(model)  # evaluated on the test split once everything is chosen
     original_acc = evaluate(model, val_set)[1]
     if base.distill:  # the residual original, before any conversion, is the teacher
         options["teacher"] = copy.deepcopy(model)
@@ -179,7 +200,7 @@ def deskip(model: nn.Module, *, epochs: int = 5, t0: float = 0.5, recipe: Recipe
         converted = blend_residuals(model, t0, exact=True)
         if get_t(converted) is None:
             raise InputError("no residual add found to blend: the model has no skip connection to remove")
-        x = val_set.tensors[0][:256]
+        x = torch.stack([val_set[i][0] for i in range(min(256, len(val_set)))])
         with torch.no_grad():
             reference, out = model(x), converted.eval()(x)
         error = float((reference - out).abs().max())
@@ -192,5 +213,7 @@ def deskip(model: nn.Module, *, epochs: int = 5, t0: float = 0.5, recipe: Recipe
         if start not in (0.9, 0.5):
             raise InputError(f"the paper's lists start at 0.9 or 0.5, the model at t = {start:g}; use recipe 'foldpass'")
         base = replace(base, schedule="paper" if start == 0.9 else "paper-t05")
-    result = train_homotopy(model, recipe=replace(base, t0=start), epochs=epochs, data=data, **options)
-    return DeskipResult(result.model, result.history, result.rank, result.recipe, original_acc, error)
+    result = train_homotopy(model, recipe=replace(base, t0=start), epochs=epochs, data=splits, **options)
+    original_test = evaluate(original, splits.test, workers=options.get("workers", 0))[1]
+    return DeskipResult(result.model, result.history, result.rank, result.recipe, result.test_acc, result.data,
+                        result.input_shape, original_acc, error, original_test)

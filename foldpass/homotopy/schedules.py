@@ -14,7 +14,8 @@
 A list shorter than the run holds its last value (0); a longer one is cut at the last epoch,
 which is always 0. zero_fraction (0 <= f < 1) keeps the last fraction f of the run at t = 0 and
 fits the schedule's shape into the rest: a final phase in which the skip-free network adapts
-(linear / cosine / exp; a printed list keeps its own length). `state_dict()` / `load_state_dict()` carry everything a resumed run needs.
+(linear / cosine / exp; a printed list keeps its own length). `state_dict()` / `load_state_dict()` carry
+everything a resumed run needs.
 """
 
 from __future__ import annotations

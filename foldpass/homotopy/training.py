@@ -75,13 +75,14 @@ def apply_t(model: nn.Module, t: float) -> float:
     return t
 
 
-def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256, device: str = "cpu") -> tuple[float, float]:
+def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256, device: str = "cpu",
+             workers: int = 0) -> tuple[float, float]:
     """(mean loss, accuracy) over the whole dataset in eval mode; every rank reads all of it, so every
     rank sees the same accuracy (a threshold schedule then steps the same on every rank)."""
     model.eval()
     loss = correct = count = 0.0
     with torch.no_grad():
-        for x, y in DataLoader(data, batch_size=batch_size):
+        for x, y in DataLoader(data, batch_size=batch_size, num_workers=workers):
             x, y = x.to(device), y.to(device)
             out = model(x)
             loss += F.cross_entropy(out, y, reduction="sum").item()
@@ -91,14 +92,16 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256, device: str
 
 
 def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Schedule | None, epochs: int, *,
-          lr: float = 1e-3, batch_size: int = 64, seed: int = 0, device: str = "cpu",
+          lr: float = 1e-3, batch_size: int = 64, seed: int = 0, device: str = "cpu", workers: int = 0,
           steps_per_t: int | None = None, lr_schedule: str = "constant", recalibrate: bool = False,
           freeze_bn: str | bool = "no", freeze_t: float = 0.0, teacher: nn.Module | None = None, distill: float = 0.0,
           self_teacher_t: float | None = None,
           checkpoint: str | None = None, resume: str | None = None, progress: bool = False,
           log: Callable[[EpochLog], None] | None = None) -> list[EpochLog]:
     """Trains `model` (in place) for `epochs` stages with t from `schedule` (None: no blends, plain
-    training); returns one EpochLog per stage.
+    training); returns one EpochLog per stage. `val_set` is the selection split (data.py): what the
+    log shows and a threshold schedule reacts to; the test split never comes here.
+    workers: DataLoader worker processes (for images decoded per item, a large image folder).
 
     A stage is one pass over the data, or exactly `steps_per_t` steps (batches drawn round after
     round of reshuffled data): the paper gives every t one MNIST epoch, 938 steps of batch 64.
@@ -135,7 +138,8 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     sampler = torch.utils.data.DistributedSampler(train_set, seed=seed) if _distributed() else None
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=gen)
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=gen,
+                        num_workers=workers, persistent_workers=workers > 0)
     steps = steps_per_t or len(loader)
     total_steps = steps * epochs
     decay = (lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total_steps) / total_steps))) \
@@ -181,14 +185,14 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sche
             total += loss.item() * len(y)
             correct += (out.argmax(1) == y).sum().item()
             count += len(y)
-            bar.advance(f"loss {total / count:.4f}" + (f"  t {t:g}" if t is not None else ""))
+            bar.advance(len(y), f"loss {total / count:.4f}" + (f"  t {t:g}" if t is not None else ""))
         bar.close()
         if _distributed():  # batch-norm statistics drift apart per rank: take rank 0's, as DDP does
             for buffer in model.buffers():
                 dist.broadcast(buffer.data, src=0)
         if recalibrate and epoch == epochs - 1:
             recalibrate_batchnorm(model, train_set, device=device)
-        val_loss, val_acc = evaluate(model, val_set, device=device)
+        val_loss, val_acc = evaluate(model, val_set, device=device, workers=workers)
         if schedule is not None:
             schedule.observe(val_acc)
         entry = EpochLog(epoch + 1, t, total / count, correct / count, val_loss, val_acc, time.perf_counter() - began)
@@ -262,10 +266,11 @@ def recalibrate_batchnorm(model: nn.Module, data: Dataset, batch_size: int = 128
 
 
 class _progress:
-    """A rich progress bar over the batches of one epoch (or nothing)."""
+    """A rich progress bar over the batches of one epoch, with images per second (or nothing)."""
 
     def __init__(self, enabled: bool, total: int, label: str):
         self.bar = None
+        self.images, self.began = 0, time.perf_counter()
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -274,9 +279,11 @@ class _progress:
             self.task = self.bar.add_task(label, total=total, info="")
             self.bar.start()
 
-    def advance(self, info: str) -> None:
+    def advance(self, images: int, info: str) -> None:
+        self.images += images
         if self.bar is not None:
-            self.bar.update(self.task, advance=1, info=info)
+            rate = self.images / max(time.perf_counter() - self.began, 1e-9)
+            self.bar.update(self.task, advance=1, info=f"{info}  {rate:,.0f} img/s")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -305,11 +312,13 @@ def _load_checkpoint(path: str, model, optimizer, scheduler, schedule: Schedule)
     return int(state["epoch"]), [EpochLog(**h) for h in state["history"]]
 
 
-def export_pt2(model: nn.Module, path: str, example: torch.Tensor | None = None, force: bool = False) -> None:
-    """Saves the eval-mode model as a torch.export program with a dynamic batch (outputs.atomic_write)."""
+def export_pt2(model: nn.Module, path: str, example: torch.Tensor | None = None, force: bool = False,
+               input_shape: tuple[int, ...] | None = None) -> None:
+    """Saves the eval-mode model as a torch.export program with a dynamic batch (outputs.atomic_write),
+    traced at `example`, or at a batch of 2 of `input_shape` (C, H, W; default 1 x 28 x 28)."""
     from torch.export import Dim
 
     model = model.eval().cpu()
-    example = torch.zeros(2, 1, 28, 28) if example is None else example
+    example = torch.zeros(2, *(input_shape or (1, 28, 28))[-3:]) if example is None else example
     program = torch.export.export(model, (example,), dynamic_shapes=({0: Dim("batch")},), strict=False)
     atomic_write(path, lambda tmp: torch.export.save(program, tmp), force=force)

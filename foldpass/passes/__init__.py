@@ -14,7 +14,8 @@ from .scale_folding import scale_folding
 from .zero_skip_elimination import zero_skip_elimination
 
 __all__ = [
-    "PIPELINES", "Note", "PassResult", "PipelineResult", "affine_folding", "batched_matmul", "batchnorm_folding", "broadcast_matmul",
+    "PIPELINES", "Note", "PassResult", "PipelineResult", "affine_folding", "batched_matmul", "batchnorm_folding",
+    "broadcast_matmul",
     "constant_propagation", "find_linear_regions", "get_pipeline", "linear_matmul", "linear_region_detection",
     "reshape_chains", "run_pipeline", "scale_folding", "zero_skip_elimination",
 ]

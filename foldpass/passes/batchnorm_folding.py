@@ -80,7 +80,8 @@ def _why_not(gm: fx.GraphModule, bn: fx.Node) -> str | None:
     if _affine(gm, bn) is None:
         return "its statistics are not constant tensors"
     if producer.target == aten.convolution.default:
-        if constant_value(gm, producer.args[1]) is None or (producer.args[2] is not None and constant_value(gm, producer.args[2]) is None):
+        if constant_value(gm, producer.args[1]) is None or (
+                producer.args[2] is not None and constant_value(gm, producer.args[2]) is None):
             return f"{producer.name}'s weights are computed at run time"
     elif producer.target in (aten.mm.default, aten.matmul.default):
         w = constant_value(gm, producer.args[1])

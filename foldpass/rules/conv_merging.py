@@ -151,7 +151,8 @@ def region_window(region: Region, shapes: dict[fx.Node, ShapeInfo]) -> Window | 
             continue
         rule = GEOMETRY.get(node.target)
         if rule is None:
-            return f"{node.name} ({node.target.__name__ if hasattr(node.target, '__name__') else node.target}) is not a conv-shaped op"
+            target = node.target.__name__ if hasattr(node.target, "__name__") else node.target
+            return f"{node.name} ({target}) is not a conv-shaped op"
         if len(data) != 1:
             return f"{node.name} reads {len(data)} region values"
         w = rule(node, windows[data[0]])
@@ -194,7 +195,8 @@ def merged_conv(sub: fx.GraphModule, window: Window, in_shape, out_shape) -> Mer
     with torch.no_grad():
         full_bias = sub(torch.zeros(1, *in_shape, dtype=torch.float64))[0]
     bias = full_bias[:, 0, 0]
-    if not torch.allclose(full_bias, bias[:, None, None].expand_as(full_bias), rtol=1e-12, atol=1e-12 * (bias.abs().max().item() + 1)):
+    if not torch.allclose(full_bias, bias[:, None, None].expand_as(full_bias), rtol=1e-12,
+                          atol=1e-12 * (bias.abs().max().item() + 1)):
         return "its bias varies with the position (zero padding after a bias or a BN)"
     jac = torch.func.jacrev(at)(zero)[:, 0]  # [C_out, C_in, probe_h, probe_w]
     r0, c0 = start[0] * s[0] - p[0], start[1] * s[1] - p[1]
@@ -210,7 +212,8 @@ def merged_conv(sub: fx.GraphModule, window: Window, in_shape, out_shape) -> Mer
         return f"a {k[0]}x{k[1]} conv gives shape {tuple(got.shape[1:])}, the region {tuple(want.shape[1:])}"
     err, scale = (got - want).abs().max().item(), want.abs().max().item()
     if err > 1e-9 * (scale + 1e-30):
-        return f"a merged {k[0]}x{k[1]} conv differs from the region by {err / max(scale, 1e-30):.2g} of its scale at the border (zero padding between ops)"
+        return (f"a merged {k[0]}x{k[1]} conv differs from the region by {err / max(scale, 1e-30):.2g} of its scale "
+                "at the border (zero padding between ops)")
     return conv
 
 

@@ -120,7 +120,25 @@ def test_cli_decompose_with_finetuning(tmp_path, capsys):
     assert code == 0 and (tmp_path / "d.pt2").exists()
     data = json.loads(report.read_text())
     assert set(data["accuracy"]) == {"original", "decomposed", "recalibrated", "finetuned"}
-    assert "lossy" in capsys.readouterr().out
+    assert set(data["test_accuracy"]) == {"original", "final"} and data["data"]["test"] == 355  # digits' test split
+    said = capsys.readouterr().out
+    assert "lossy" in said and "test accuracy: original" in said
+
+
+def test_cli_decompose_fine_tunes_on_an_npz_of_the_models_shape(tmp_path, capsys):
+    """Any --data form reaches decompose; the model's input shape (from the .pt2) decides the data's."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((60, 3, 16, 16), dtype=np.float32), y=np.arange(60) % 4)
+    torch.export.save(torch.export.export(Small().eval(), (torch.randn(2, 3, 16, 16),)), str(tmp_path / "s.pt2"))
+    report = tmp_path / "r.json"
+    assert main(["decompose", str(tmp_path / "s.pt2"), "-o", str(tmp_path / "d.pt2"), "--method", "cp", "--rank",
+                 "0.3", "--finetune-epochs", "1", "--data", str(tmp_path / "d.npz"), "--report", str(report)]) == 0
+    data = json.loads(report.read_text())["data"]
+    assert data["shape"] == [3, 16, 16] and (data["train"], data["selection"], data["test"]) == (44, 4, 12)
+    np.savez(tmp_path / "e.npz", x=rng.random((60, 1, 16, 16), dtype=np.float32), y=np.arange(60) % 4)
+    assert main(["decompose", str(tmp_path / "s.pt2"), "-o", str(tmp_path / "e.pt2"), "--finetune-epochs", "1",
+                 "--data", str(tmp_path / "e.npz")]) == 2
+    assert "the model takes 3 x 16 x 16" in capsys.readouterr().err and not (tmp_path / "e.pt2").exists()
 
 
 def test_cli_recalibrate_alone_and_opt_out(tmp_path, capsys):

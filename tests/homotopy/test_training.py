@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 
 import models
 from foldpass.cli import main
-from foldpass.homotopy.data import load_dataset
+from foldpass.data import load_data
 from foldpass.homotopy import get_t
 from foldpass.homotopy.schedules import make_schedule
 from foldpass.homotopy.training import train
@@ -20,15 +20,8 @@ from foldpass.homotopy.training import train
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_dataset("digits", limit=256)
-
-
-def test_digits_are_real_28x28_images_with_a_fixed_split():
-    train_set, val_set = load_dataset("digits")
-    x, y = train_set.tensors
-    assert x.shape[1:] == (1, 28, 28) and 0 <= x.min() and x.max() <= 1
-    assert len(train_set) + len(val_set) == 1797 and set(y.tolist()) == set(range(10))
-    assert torch.equal(load_dataset("digits")[1].tensors[1], val_set.tensors[1])
+    splits = load_data("digits", limit=256)
+    return splits.train, splits.selection
 
 
 def test_short_run_lowers_the_loss_and_ends_at_t0(digits):
@@ -57,7 +50,7 @@ def test_cli_train_writes_a_pt2_that_optimize_takes_as_it_is(tmp_path, capsys):
     pt2, onnx_out, hist = tmp_path / "m.pt2", tmp_path / "m.onnx", tmp_path / "h.json"
     assert main(["train", "models:CNN3", "-o", str(pt2), "--epochs", "2", "--limit", "128", "--recipe", "paper",
                  "--history", str(hist)]) == 0
-    assert [e["t"] for e in json.loads(hist.read_text())] == [0.9, 0.0]
+    assert [e["t"] for e in json.loads(hist.read_text())["stages"]] == [0.9, 0.0]
     assert main(["optimize", str(pt2), "-o", str(onnx_out), "--report", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert "mul" not in report["after"]["ops"] and "add" not in report["after"]["ops"]
@@ -65,7 +58,7 @@ def test_cli_train_writes_a_pt2_that_optimize_takes_as_it_is(tmp_path, capsys):
 
 def test_cli_train_refuses_a_model_without_blends_unless_converted(tmp_path, capsys):
     out = str(tmp_path / "m.pt2")
-    assert main(["train", "torchvision.models:resnet18", "-o", out, "--epochs", "1"]) == 2
+    assert main(["train", "torchvision.models:resnet18", "-o", out, "--epochs", "1", "--input-shape", "1,3,28,28"]) == 2
     assert "--convert" in capsys.readouterr().err and not os.path.exists(out)
 
 
