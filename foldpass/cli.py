@@ -123,6 +123,8 @@ def _add_recipe_options(p, default_epochs: int, default_recipe: str) -> None:
     p.add_argument("--distill", type=float,
                    help="override: weight in [0, 1] of distillation (from --teacher, the static teacher the "
                         "foldpass recipe trains first, or deskip's residual original)")
+    p.add_argument("--self-teacher-t", type=float,
+                   help="override: distill from the model itself, copied once t <= this value (with --distill)")
     p.add_argument("--epochs", type=int, default=default_epochs,
                    help=f"stages of training: one value of t each, as the paper (default {default_epochs})")
     p.add_argument("--steps-per-t", type=int,
@@ -238,9 +240,14 @@ def _console():
     from rich.console import Console
 
     console = Console(stderr=False)
-    if not console.is_terminal:  # a log or a pipe: whole lines, never wrapped mid-field at 80 columns
-        console.soft_wrap = True
+    if not console.is_terminal:  # a log or a pipe: whole lines and tables, never wrapped mid-field at 80 columns
+        console = Console(stderr=False, soft_wrap=True, width=int(os.environ.get("COLUMNS", "0") or 0) or 200)
+    console.on_broken_pipe = _broken_pipe  # rich would exit 1; main() turns this into 141, as print() does
     return console
+
+
+def _broken_pipe() -> None:
+    raise BrokenPipeError(32, "stdout closed by the reader")
 
 
 def _status(console, text: str):
@@ -358,7 +365,7 @@ def _training(args, console):
     plan = foldpass.homotopy.recipe(args.recipe, schedule=args.schedule, t0=args.t0, per=args.per,
                                     zero_fraction=args.zero_fraction, lr_schedule=args.lr_schedule,
                                     recalibrate=args.recalibrate, freeze_bn=args.freeze_bn, freeze_t=args.freeze_t,
-                                    distill=args.distill)
+                                    distill=args.distill, self_teacher_t=args.self_teacher_t)
     return dict(recipe=plan, epochs=args.epochs, steps_per_t=args.steps_per_t, batch_size=args.batch_size,
                 lr=args.lr, seed=args.seed, resume=args.resume, progress=console.is_terminal, log=log)
 

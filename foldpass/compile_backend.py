@@ -24,6 +24,7 @@ inductor (True), rtol / atol.
 
 from __future__ import annotations
 
+import collections
 import warnings
 from typing import Callable
 
@@ -36,7 +37,9 @@ OPTIONS = {"pipeline": "default", "max_fold_bytes": DEFAULT_MAX_FOLD_BYTES, "ver
            "rtol": DEFAULT_RTOL, "atol": DEFAULT_ATOL}
 
 
-REPORTS: list = []  # the Report of every graph the backend optimized, newest last (for a look from outside)
+# the Report of the last graphs the backend optimized, newest last (for a look from outside); bounded, so
+# that a long-running program that compiles many graphs does not keep every report
+REPORTS: collections.deque = collections.deque(maxlen=64)
 
 
 class FoldpassCompileWarning(UserWarning):

@@ -139,10 +139,19 @@ def onnx_source(model, input_shape: tuple[int, ...] | None = None, name: str = "
     fixed = [dims[0] for _, dims, _ in specs if dims and isinstance(dims[0], int) and dims[0]]
     names = [dims[0] for _, dims, _ in specs if dims and isinstance(dims[0], str)]
     module = OnnxModule(model, path).eval()
-    reference = OrtReference(path if path else model.SerializeToString())
+    # onnxruntime opens a path only by a UTF-8 name; any other name is read here (the model already is)
+    reference = OrtReference(path if path and _utf8(path) else model.SerializeToString())
     return Source(module, tuple(inputs), name, path=path, reference=reference,
                   input_names=module.input_names, output_names=module.output_names, opset=opset_of(model),
                   static_batch=fixed[0] if fixed else None, batch_name=names[0] if names else None, warnings=notes)
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _require_file(path: str) -> None:

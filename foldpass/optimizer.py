@@ -287,7 +287,8 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
     report = Report(
         source=source or src.name or type(src.model).__name__, pipeline=pipeline,
         input_shapes=[list(x.shape) for x in inputs], before=before, after=GraphStats.of(optimized),
-        notes=result.notes, rounds=result.rounds, static_batch=static, timings=timings, warnings=report_warnings,
+        notes=result.notes, rounds=result.rounds, changed_by=result.changed_by, static_batch=static, timings=timings,
+        warnings=report_warnings,
         batch=batch_note,
     )
     report.max_error = _max_error(optimized, original, inputs, static)

@@ -3,7 +3,8 @@
 Before any work, `check_outputs` refuses:
 - a name that is not valid UTF-8, a name ending in '/', a directory, a missing or unwritable directory;
 - a path that is one of the inputs, or that two outputs share;
-- an existing file, a symbolic link (dangling too) or a device node / pipe, unless force.
+- an existing file or a symbolic link (dangling too), unless force;
+- a device node or a pipe, even with force (moving a file into place would replace the node itself).
 
 `atomic_write` then writes through a temporary file created exclusively (mkstemp: O_CREAT | O_EXCL,
 a random name, a symbolic link planted there is never followed) beside the target, runs the check
@@ -54,12 +55,12 @@ def check_output(path: str, what: str = "output", force: bool = False) -> str:
         raise InputError(f"{what} {path}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise InputError(f"{what} {path}: directory {directory} is not writable")
+    if os.path.exists(full) and not stat.S_ISREG(os.stat(full).st_mode):  # a device, a pipe: even with force
+        raise InputError(f"{what} {path}: is not a regular file (a device or a pipe); foldpass writes only files")
     if os.path.islink(full) and not force:
         raise InputError(f"{what} {path}: is a symbolic link; pass force=True to replace the link itself")
     if os.path.lexists(full) and not force:
         raise InputError(f"{what} {path} exists; pass force=True to overwrite it")
-    if os.path.exists(full) and not stat.S_ISREG(os.stat(full).st_mode) and not force:
-        raise InputError(f"{what} {path}: is not a regular file")
     return full
 
 

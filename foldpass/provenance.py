@@ -14,7 +14,6 @@ into the exported ONNX:
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import datetime, timezone
 
 import torch.fx as fx
@@ -116,8 +115,3 @@ def stamp(model, gm: fx.GraphModule, metadata: dict[str, str]):
 def read(model) -> dict[str, str]:
     """The foldpass metadata of an ONNX model ({} if foldpass did not write it)."""
     return {p.key.removeprefix(PREFIX): p.value for p in model.metadata_props if p.key.startswith(PREFIX)}
-
-
-def report_of(model) -> dict | None:
-    meta = read(model)
-    return json.loads(meta["report"]) if "report" in meta else None

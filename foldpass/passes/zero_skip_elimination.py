@@ -43,14 +43,22 @@ def _is_const(gm: fx.GraphModule, arg, value: float) -> bool:
 
 
 def is_zero(gm: fx.GraphModule, arg) -> bool:
-    """`arg` is exactly zero: the constant 0, or a product with a zero factor, or its negation."""
-    if _is_const(gm, arg, 0.0):
-        return True
-    if isinstance(arg, fx.Node) and arg.op == "call_function":
-        if arg.target == aten.mul.Tensor:
-            return any(is_zero(gm, a) for a in arg.args[:2])
-        if arg.target == aten.neg.default:
-            return is_zero(gm, arg.args[0])
+    """`arg` is exactly zero: the constant 0, or a product with a zero factor, or its negation.
+    A worklist, not recursion: a chain of any length (1,500 negations) is walked, each node once."""
+    todo, seen = [arg], set()
+    while todo:
+        a = todo.pop()
+        if isinstance(a, fx.Node):
+            if a in seen:
+                continue
+            seen.add(a)
+        if _is_const(gm, a, 0.0):
+            return True
+        if isinstance(a, fx.Node) and a.op == "call_function":
+            if a.target == aten.mul.Tensor:  # 0 * y = y * 0 = 0
+                todo.extend(a.args[:2])
+            elif a.target == aten.neg.default:  # -0 = 0
+                todo.append(a.args[0])
     return False
 
 
