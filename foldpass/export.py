@@ -13,6 +13,7 @@ from torch.export import Dim
 from ._version import __version__
 from .defaults import DEFAULT_OPSET, MIN_OPSET
 from .errors import FoldpassError, InputError, first_line
+from .onnx_forms import global_average_pools
 from .quiet import quiet
 from .tracing import batch_of_two
 
@@ -35,8 +36,10 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
             if not dynamic_batch:
                 raise FoldpassError(f"ONNX export failed: {type(first).__name__}: {first_line(first)}") from first
             return to_onnx(module, inputs, opset, dynamic_batch=False, output_names=output_names)
+    model = program.model_proto
+    global_average_pools(model)  # onnx_forms: the form onnxruntime runs fastest, exactly equal
     with quiet():
-        model = tidy(program.model_proto)
+        model = tidy(model)
     if _written_opset(model) != opset:
         raise InputError(f"opset {opset}: torch.onnx wrote opset {_written_opset(model)} instead; "
                          f"choose {DEFAULT_OPSET}")

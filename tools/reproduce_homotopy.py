@@ -304,19 +304,17 @@ def json_name(args) -> str:
     return "homotopy_splits.json" if args.splits else "homotopy.json"
 
 
-def json_path(args) -> str:
-    """Where the runs are kept while the tool works: a scratch file (.cache/homotopy), not docs/ (a
-    result rides along in no unrelated commit); docs/ gets it when the tool finishes."""
-    return args.json or os.path.join(CACHE, ("quick-" if args.quick else "") + json_name(args))
+def store(args):
+    """Where the runs are kept while the tool works (results_store: a scratch file, --json), and
+    where they are published when it finishes (docs/; a quick run: beside its scratch file)."""
+    from results_store import Store
+
+    scratch = args.json or os.path.join(CACHE, ("quick-" if args.quick else "") + json_name(args))
+    return Store(json_name(args), scratch=scratch, docs=CACHE if args.quick else DOCS)
 
 
 def save(results: dict, args) -> None:
-    path = json_path(args)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, path)
+    store(args).save(results)
 
 
 def main() -> None:
@@ -344,13 +342,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.steps_per_t, args.deskip_train_epochs, args.deskip_epochs, args.rounds = 1, 20, 2, 2, 3
-    path = json_path(args)
-    published = os.path.join(DOCS, json_name(args))
-    source = path if os.path.exists(path) or args.quick else published  # a fresh checkout resumes from docs/
-    results = {}
-    if os.path.exists(source):
-        with open(source) as f:
-            results = json.load(f)
+    path = store(args).scratch
+    results = store(args).load({})  # a fresh checkout resumes from what docs/ published
     for other in args.merge:  # runs made by another process into their own file (the same settings)
         extra = json.load(open(other))
         if extra.get("meta", {}).get("settings") != results.get("meta", {}).get("settings"):
@@ -386,10 +379,7 @@ def main() -> None:
             save(results, args)
     from homotopy_docs import write_docs
 
-    if not args.quick:  # finished: the results are published beside the page drawn from them
-        with open(published + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(published + ".tmp", published)
+    store(args).publish(results)  # finished: the results beside the page drawn from them
     if args.splits:  # the page compares these runs with the former protocol's (docs/homotopy.json)
         with open(os.path.join(DOCS, "homotopy.json")) as f:
             results, splits = json.load(f), results

@@ -12,11 +12,11 @@ its own peer, and how far that ratio is from 1 is the noise band).
     python tools/zoo.py                       # timm's re-parameterizable families, then torchvision
     python tools/zoo.py --set timm --no-speed # op counts only
     python tools/zoo.py --only fastvit_t8     # one model
-    python tools/zoo.py --docs-only           # redraw docs/zoo.md from docs/zoo.json
+    python tools/zoo.py --docs-only           # redraw docs/zoo.md from the results
 
 Every model runs in its own subprocess with a time limit (--timeout), one thread for export and
-optimize; a finished model is kept in docs/zoo.json at once, so a rerun skips it (--redo NAME to
-measure again).
+optimize; a finished model is kept in .cache/results/zoo.json at once, so a rerun skips it (--redo
+NAME to measure again); docs/zoo.json and docs/zoo.md are written when the run ends (results_store).
 """
 
 from __future__ import annotations
@@ -196,15 +196,16 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one, args.speed, args.rounds)), flush=True)
         return
-    path = os.path.join(DOCS, "zoo.json")
-    results = json.load(open(path)) if os.path.exists(path) else {"models": {}}
+    from results_store import Store
+
+    store = Store("zoo.json")
+    results = store.load({"models": {}})
     for other in args.merge:
-        for name, entry in json.load(open(other))["models"].items():
-            if "commit" not in results["models"].get(name, {}):
-                results["models"][name] = entry
-        with open(path + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(path + ".tmp", path)
+        with open(other) as f:
+            for name, entry in json.load(f)["models"].items():
+                if "commit" not in results["models"].get(name, {}):
+                    results["models"][name] = entry
+        store.save(results)
     if not args.docs_only:
         import torch
 
@@ -226,13 +227,12 @@ def main() -> None:
             print(f"== {name}", flush=True)
             entry = run_one(name, args)
             results["models"][name] = entry
-            with open(path + ".tmp", "w") as f:
-                json.dump(results, f, indent=1)
-            os.replace(path + ".tmp", path)
+            store.save(results)
             total = {k: sum(v.values()) for k, v in entry.get("ops", {}).items()}
             print(f"   {entry.get('status')}: ops {total} {entry.get('error', '')}", flush=True)
     from zoo_docs import write_docs
 
+    store.publish(results)
     write_docs(results, DOCS)
 
 
