@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from foldpass.cli import main
+import models
 from models import linear_resnet34, randomize_batchnorm, resnet34
 
 
@@ -64,7 +65,7 @@ def test_a_graph_that_mixes_the_batch_stays_static_and_says_where(tmp_path, caps
 
 def test_static_batch_and_a_fixed_batch_on_request(tmp_path):
     src = tmp_path / "m.pt2"
-    exported_the_usual_way(randomize_batchnorm(linear_resnet34(width=2)), src)
+    exported_the_usual_way(randomize_batchnorm(models.CNN3(width=4, t=0.0)), src)  # the batch, not the folds
     assert main(["optimize", str(src), "-o", str(tmp_path / "s.onnx"), "--static-batch"]) == 0
     assert onnx.load(tmp_path / "s.onnx").graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     assert main(["optimize", str(src), "-o", str(tmp_path / "b.onnx"), "--batch", "8"]) == 0
