@@ -360,7 +360,7 @@ def _training(args, console):
     def log(e):
         t = f"t {e.t:<6g}" if e.t is not None else ""
         console.print(f"stage {e.epoch:>3}  {t} loss {e.train_loss:.4f}  train acc {e.train_acc:6.2%}  "
-                      f"val loss {e.val_loss:.4f}  val acc {e.val_acc:6.2%}  ({e.seconds:.1f} s)")
+                      f"selection loss {e.val_loss:.4f}  selection acc {e.val_acc:6.2%}  ({e.seconds:.1f} s)")
 
     plan = foldpass.homotopy.recipe(args.recipe, schedule=args.schedule, t0=args.t0, per=args.per,
                                     zero_fraction=args.zero_fraction, lr_schedule=args.lr_schedule,
@@ -493,7 +493,7 @@ def cmd_decompose(args) -> int:
     with _status(console, f"decomposing ({args.method}, rank {args.rank})"):
         result = decomposition.decompose(
             source.model, source.inputs[0], args.method, rank, finetune=finetune, lr=args.lr, recalibrate=recalibrate,
-            log=lambda e: console.print(f"fine-tune epoch {e.epoch}: loss {e.train_loss:.4f}, val acc {e.val_acc:.2%}"))
+            log=lambda e: console.print(f"fine-tune epoch {e.epoch}: loss {e.train_loss:.4f}, selection acc {e.val_acc:.2%}"))
     result.render(console)
     result.save_pt2(paths["--output"], force=args.force)
     if args.report:

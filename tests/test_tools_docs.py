@@ -92,6 +92,7 @@ def test_homotopy_page_compares_the_three_split_runs_with_the_former_ones():
     homotopy_docs._splits(lines, before, after)
     page = "\n".join(lines)
     assert "## Re-measured with three splits" in page
-    assert "| foldpass recipe, deployed at t = 0 (after `foldpass optimize`) | 97.00 +- 0.71 | 94.00 +- 1.41 |" in page
+    assert "| foldpass recipe, deployed at t = 0 (after `foldpass optimize`) | 97.00 +- 0.71 | 94.00 +- 1.41 | -3.00 |" \
+        in page
     assert "| the claim: foldpass recipe - static t = 0.5, cosine lr | +0.00 +- 0.71 | -2.00 +- 1.41 | **no** |" in page
     assert "| de-skip resnet18 (5 epochs): change | -0.50 +- 0.00 | -1.00 +- 0.00 | yes |" in page

@@ -297,12 +297,15 @@ def _splits(lines: list[str], before: dict, after: dict) -> None:
               "are fixed), and the same 1,000 images as the test split, read once after training. The settings are "
               f"otherwise the same ({n} seeds; `python tools/reproduce_homotopy.py --splits`, results in "
               "docs/homotopy_splits.json).", "",
-              "| result | before: 4,000 train, 1,000 validation (%) | after: 3,500 train, 1,000 test (%) |",
-              "|---|---:|---:|"]
+              "| result | before: 4,000 train, 1,000 validation (%) | after: 3,500 train, 1,000 test (%) | moved "
+              "(points) |",
+              "|---|---:|---:|---:|"]
     for label, _, _ in rows:
         before_v, after_v = values[label]
         if before_v or after_v:
-            lines.append(f"| {label} | {cell(before_v)} | {cell(after_v)} |")
+            moved = (f"{(mean_sd(list(after_v.values()))[0] - mean_sd(list(before_v.values()))[0]) * 100:+.2f}"
+                     if before_v and after_v else "-")
+            lines.append(f"| {label} | {cell(before_v)} | {cell(after_v)} | {moved} |")
     comparisons = [("the claim: foldpass recipe - static t = 0.5, cosine lr", rows[2][0], rows[1][0]),
                    ("de-skip resnet18 (5 epochs): change", rows[4][0], rows[3][0]),
                    ("de-skip ResNet34 (5 epochs): change", rows[6][0], rows[5][0]),
