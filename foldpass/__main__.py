@@ -10,6 +10,6 @@ import sys
 if sys.path and sys.path[0] in ("", os.getcwd()):
     sys.path.append(sys.path.pop(0))
 
-from foldpass.cli import main  # noqa: E402
+from foldpass.cli import main
 
 sys.exit(main())

@@ -32,7 +32,7 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
             program = torch.onnx.export(module, batch_of_two(inputs) if dynamic_batch else inputs, dynamo=True,
                                         opset_version=opset,
                                         dynamic_shapes=dynamic, output_names=output_names, verbose=False)
-        except Exception as first:  # noqa: BLE001
+        except Exception as first:
             if not dynamic_batch:
                 raise FoldpassError(f"ONNX export failed: {type(first).__name__}: {first_line(first)}") from first
             return to_onnx(module, inputs, opset, dynamic_batch=False, output_names=output_names)
@@ -45,7 +45,7 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
                          f"choose {DEFAULT_OPSET}")
     try:
         onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:  # noqa: BLE001 - e.g. an op without a kernel for this dtype in this opset
+    except Exception as exc:
         hint = ""
         if any(x.dtype == torch.bfloat16 for x in inputs):
             hint = " (bfloat16: most ONNX ops take it only from opset 22; cast the model to float32 or float16)"

@@ -64,7 +64,7 @@ def info(path: str) -> Info:
         raise InputError(f"{path}: no such file")
     try:
         model = onnx.load(path, load_external_data=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - protobuf's decode errors have no common base: any is "not ONNX"
         raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
     meta = read(model)
     try:

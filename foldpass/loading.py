@@ -175,7 +175,7 @@ def _load_pt2(path: str, trust: bool = False) -> ExportedProgram:
     try:
         with quiet():  # torch logs a traceback of its own before re-raising
             return torch.export.load(archive)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(f"{path}: cannot load the exported program ({type(exc).__name__}: {first_line(exc)})") from exc
 
 
@@ -190,7 +190,7 @@ def _load_pickle(path: str, trust: bool) -> torch.nn.Module:
             raise InputError(f"{path}: holds pickled objects beyond weights (a full torch.save(model)); unpickling "
                              "runs code from the file, so foldpass will not do it without trust=True") from exc
         obj = _unpickle_trusted(path)
-    except Exception as exc:  # noqa: BLE001 - truncated, random bytes, ...
+    except Exception as exc:
         raise InputError(f"{path}: not a readable PyTorch file ({type(exc).__name__}: {first_line(exc)})") from exc
     if isinstance(obj, torch.nn.Module):
         return obj
@@ -203,7 +203,7 @@ def _load_pickle(path: str, trust: bool) -> torch.nn.Module:
 def _unpickle_trusted(path: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(f"{path}: cannot unpickle ({type(exc).__name__}: {first_line(exc)})") from exc
 
 
@@ -222,7 +222,7 @@ def _load_builder(spec: str, weights: str | None) -> torch.nn.Module:
     reading = f"'{spec}' (read as pkg.module:callable, since no file of that name exists)"
     try:
         module = import_user_module(module_name)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(f"{reading}: cannot import {module_name} ({type(exc).__name__}: {first_line(exc)})") from exc
     builder = module
     for part in attr_name.split("."):
@@ -231,7 +231,7 @@ def _load_builder(spec: str, weights: str | None) -> torch.nn.Module:
             raise InputError(f"{reading}: {module_name} has no attribute '{attr_name}'")
     try:
         model = builder() if callable(builder) and not isinstance(builder, torch.nn.Module) else builder
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(f"'{spec}': calling it failed ({type(exc).__name__}: {first_line(exc)})") from exc
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"'{spec}' returned a {type(model).__name__}, not an nn.Module")
@@ -245,7 +245,7 @@ def load_weights(model: torch.nn.Module, weights: str, spec: str = "the model") 
     _require_file(weights)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(f"{weights}: not a weights file loadable with weights_only=True "
                          f"({type(exc).__name__}: {first_line(exc)})") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -271,7 +271,7 @@ def load_npy_inputs(path: str, example: tuple[torch.Tensor, ...], static_batch: 
         raise InputError(f"inputs {path}: one array feeds one input; the model has {len(example)}")
     try:
         array = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(f"inputs {path}: not a readable .npy array ({type(exc).__name__})") from exc
     if not np.issubdtype(array.dtype, np.floating):
         raise InputError(f"inputs {path}: holds {array.dtype}; verification inputs must be floating point")

@@ -146,7 +146,7 @@ def _scalar(v) -> float | None:
     return None if v is None else float(v.item() if isinstance(v, torch.Tensor) else v)
 
 
-def _clip(x, lo=None, hi=None, min=None, max=None):  # noqa: A002 - opset 6 names its attributes min / max
+def _clip(x, lo=None, hi=None, min=None, max=None):
     lo, hi = _scalar(lo if lo is not None else min), _scalar(hi if hi is not None else max)
     if lo == 0.0 and hi is None:
         return torch.relu(x)
@@ -343,7 +343,7 @@ def load_onnx(path: str, max_bytes: int | None = None) -> onnx.ModelProto:
     """
     try:
         model = onnx.load(path, load_external_data=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
     base = os.path.dirname(os.path.abspath(path))
     total = os.path.getsize(path)
@@ -359,7 +359,7 @@ def load_onnx(path: str, max_bytes: int | None = None) -> onnx.ModelProto:
                          f"max_model_bytes ({max_bytes / 2**30:.1f} GiB); raise it to load this model")
     try:
         onnx.load_external_data_for_model(model, base)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(f"{path}: cannot read its external data ({type(exc).__name__}: {first_line(exc)})") from exc
     check_onnx(model, path, path)
     return model
@@ -371,7 +371,7 @@ def check_onnx(model: onnx.ModelProto, name: str, path: str | None = None) -> No
         raise InputError(f"{name}: expected an onnx.ModelProto, got {type(model).__name__}")
     try:
         onnx.checker.check_model(path if path and model.ByteSize() > 2**31 - 1 else model)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(f"{name}: the ONNX model does not pass onnx.checker: {first_line(exc)}") from exc
 
 

@@ -57,7 +57,7 @@ class Report:
         return [n for n in self.notes if n.action == "declined"]
 
     def as_dict(self) -> dict:
-        stats = lambda s: {"ops": s.ops, "nodes": s.nodes, "params": s.params, "macs_per_sample": s.macs}  # noqa: E731
+        stats = lambda s: {"ops": s.ops, "nodes": s.nodes, "params": s.params, "macs_per_sample": s.macs}  # noqa: E731 - a one-line helper, local to this function
         return {
             "source": self.source, "pipeline": self.pipeline, "input_shapes": self.input_shapes,
             "static_batch": self.static_batch, "batch": self.batch, "precision": self.precision,

@@ -103,7 +103,7 @@ def _export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
         with quiet():
             try:
                 return torch.export.export(model, batch_of_two(inputs), dynamic_shapes=shapes, strict=False), False, None
-            except Exception as exc:  # the model specializes its batch size: keep the example's
+            except Exception as exc:  # noqa: BLE001 - the model specializes its batch size: keep the example's (why)
                 why = _trace_hint(exc)
     with quiet():
         try:

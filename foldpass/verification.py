@@ -165,7 +165,7 @@ def _onnx_runner(onnx_model: onnx.ModelProto | str, cases):
     payload = onnx_model if isinstance(onnx_model, str) else onnx_model.SerializeToString()
     try:
         session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - a missing kernel, an unsupported type
+    except Exception as exc:
         raise VerificationError(f"cannot verify: onnxruntime (CPU) cannot load the optimized model: "
                                 f"{first_line(exc)}") from exc
     names = [i.name for i in session.get_inputs()]
@@ -174,7 +174,7 @@ def _onnx_runner(onnx_model: onnx.ModelProto | str, cases):
     def run(case):
         try:
             got = session.run(None, {n: (x.half() if h else x).numpy().copy() for n, x, h in zip(names, case, half)})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise VerificationError(f"cannot verify: onnxruntime (CPU) failed to run the optimized model: "
                                     f"{first_line(exc)}") from exc
         return got

@@ -26,7 +26,7 @@ class RepBlock(nn.Module):
 
     def __init__(self, channels: int, groups: int = 1, k_branches: int = 1):
         super().__init__()
-        conv = lambda k: nn.Conv2d(channels, channels, k, padding=k // 2, groups=groups, bias=False)  # noqa: E731
+        conv = lambda k: nn.Conv2d(channels, channels, k, padding=k // 2, groups=groups, bias=False)  # noqa: E731 - a one-line helper, local to this function
         self.kxk = nn.ModuleList(nn.Sequential(conv(3), nn.BatchNorm2d(channels)) for _ in range(k_branches))
         self.scale = nn.Sequential(conv(1), nn.BatchNorm2d(channels))
         self.identity = nn.BatchNorm2d(channels)

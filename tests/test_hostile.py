@@ -464,7 +464,7 @@ def test_structured_inputs_catch_what_random_ones_miss():
 # ----------------------------------------------------------------------------- 4. exit codes
 
 
-def small_onnx(_cache=[]) -> bytes:  # noqa: B006 - exported once per session
+def small_onnx(_cache=[]) -> bytes:
     if not _cache:
         _cache.append(to_onnx(nn.Linear(4, 2).eval(), (torch.randn(1, 4),)).SerializeToString())
     return _cache[0]

@@ -6,12 +6,12 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 
-import homotopy_docs  # noqa: E402
-import zoo_docs  # noqa: E402
+import homotopy_docs
+import zoo_docs
 
 
 def test_zoo_page_states_parity_and_failures(tmp_path):
-    ops = lambda conv, bn, total: {"Conv": conv, "BatchNormalization": bn, "Relu": total - conv - bn}  # noqa: E731
+    ops = lambda conv, bn, total: {"Conv": conv, "BatchNormalization": bn, "Relu": total - conv - bn}  # noqa: E731 - a one-line helper, local to this function
     results = {"meta": {"machine": "test", "versions": {"torch": "x"}, "date": "2026-11-30"}, "models": {
         "repvgg_a0": {"status": "verified", "params": 9e6, "max_error": 1e-6, "optimize_seconds": 3,
                       "ops": {"direct": ops(44, 17, 125), "deploy": ops(22, 0, 47), "foldpass": ops(22, 0, 47)}},
@@ -28,7 +28,7 @@ def test_zoo_page_states_parity_and_failures(tmp_path):
 
 
 def test_homotopy_page_gives_the_claim_its_verdict(tmp_path):
-    run = lambda acc, t, opt=None: {"t": t, "val_acc": acc, "train_loss": [0.1] * len(acc), "seconds": 60,  # noqa: E731
+    run = lambda acc, t, opt=None: {"t": t, "val_acc": acc, "train_loss": [0.1] * len(acc), "seconds": 60,  # noqa: E731 - a one-line helper, local to this function
                                     **({"optimized_val_acc": opt, "recalibrated_val_acc": opt} if opt else {})}
     static, paper = [0.5] * 3, [0.9, 0.5, 0.0]
     results = {"meta": {"model": "ResNet34 (width 8)", "lr": 0.001, "steps_per_t": 5, "seeds": 2, "machine": "test",
@@ -62,7 +62,7 @@ def test_zoo_page_calls_slower_only_beyond_the_measured_noise_band(tmp_path):
 
 
 def test_homotopy_page_lists_each_deskip_recipe(tmp_path):
-    entry = lambda orig, opt: {"original_val_acc": orig, "optimized_val_acc": opt, "epochs": 5,  # noqa: E731
+    entry = lambda orig, opt: {"original_val_acc": orig, "optimized_val_acc": opt, "epochs": 5,  # noqa: E731 - a one-line helper, local to this function
                                "conversion_max_error": 0.0, "seconds": 60}
     results = {"meta": {"model": "ResNet34 (width 8)", "lr": 0.001, "steps_per_t": 5, "seeds": 2, "machine": "test",
                         "torch": "x", "date": "2026-11-30"},

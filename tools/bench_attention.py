@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import foldpass  # noqa: E402
-from foldpass.benchmark import bench, environment  # noqa: E402
-from foldpass.export import onnx_op_counts, save_atomic, to_onnx  # noqa: E402
-from foldpass.passes import manager  # noqa: E402
+import foldpass
+from foldpass.benchmark import bench, environment
+from foldpass.export import onnx_op_counts, save_atomic, to_onnx
+from foldpass.passes import manager
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs")
 

@@ -28,11 +28,11 @@ import torchvision
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-import foldpass  # noqa: E402
-import models  # noqa: E402
-from foldpass.benchmark import bench_with_peers, environment  # noqa: E402
-from foldpass.export import onnx_op_counts, save_atomic, to_onnx  # noqa: E402
-from multibranch import RepNet  # noqa: E402
+import foldpass
+import models
+from foldpass.benchmark import bench_with_peers, environment
+from foldpass.export import onnx_op_counts, save_atomic, to_onnx
+from multibranch import RepNet
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs")
 TORCHVISION = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf")

@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import foldpass  # noqa: E402
-from foldpass import models  # noqa: E402
+import foldpass
+from foldpass import models
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs")
 PAPER_RTX2060 = {  # the paper's Table (RTX 2060, PyTorch, batch 64): us per image, original -> reduced
@@ -185,7 +185,7 @@ def environment(device: str) -> dict:
 
             env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                            capture_output=True, text=True, timeout=20).stdout.strip()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - no nvidia-smi, or it failed: the driver is just not known
             env["driver"] = "unknown"
     return env
 

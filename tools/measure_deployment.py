@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import foldpass  # noqa: E402
-from foldpass import models  # noqa: E402
-from foldpass.benchmark import bench, environment  # noqa: E402
-from foldpass.export import save_atomic, to_onnx  # noqa: E402
+import foldpass
+from foldpass import models
+from foldpass.benchmark import bench, environment
+from foldpass.export import save_atomic, to_onnx
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs")
 CASES = {
@@ -93,7 +93,7 @@ def markdown(records: list[dict], env: dict, rounds: int) -> str:
     ]
     for r in records:
         us, sp = r["us_per_image"], r["speedup_vs_direct"]
-        cell = lambda n: (f"{us[n + ' b1']:.2f} / {us[n + ' b64']:.2f} us ({sp[n + ' b1']:.2f}x / "  # noqa: E731
+        cell = lambda n: (f"{us[n + ' b1']:.2f} / {us[n + ' b64']:.2f} us ({sp[n + ' b1']:.2f}x / "  # noqa: E731 - a one-line helper, local to this function
                           f"{sp[n + ' b64']:.2f}x)")
         lines.append(f"| {r['case']} | {r['batch'].split(' (')[0]} | {r['onnx_input']} | "
                      f"{us['direct export b1']:.2f} / {us['direct export b64']:.2f} | {cell('foldpass fp32')} | "

@@ -31,11 +31,11 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import foldpass  # noqa: E402
-from foldpass.benchmark import bench, environment  # noqa: E402
-from foldpass.data import load_data  # noqa: E402
-from foldpass.decomposition.low_rank_decomposition import plan, total_params  # noqa: E402
-from foldpass.homotopy.training import evaluate, train  # noqa: E402
+import foldpass
+from foldpass.benchmark import bench, environment
+from foldpass.data import load_data
+from foldpass.decomposition.low_rank_decomposition import plan, total_params
+from foldpass.homotopy.training import evaluate, train
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs")
 SEED = {  # Corazza & Stojanovic, ResNet18 on CIFAR-10: parameters and accuracy

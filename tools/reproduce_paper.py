@@ -27,10 +27,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import foldpass  # noqa: E402
-import models  # noqa: E402
-from foldpass.benchmark import bench_with_peers, environment  # noqa: E402
-from foldpass.export import save_atomic, to_onnx  # noqa: E402
+import foldpass
+import models
+from foldpass.benchmark import bench_with_peers, environment
+from foldpass.export import save_atomic, to_onnx
 
 PAPER = {  # RTX 2060, PyTorch, batch 64, us per image
     "linear ResNet34": ("104.91 us -> 2.06 us (98%)", "one Gemm"),

@@ -127,7 +127,7 @@ def blend_residuals(model: nn.Module, t: float = 0.5, exact: bool = True) -> fx.
         raise InputError(f"exact conversion needs 0 < t < 1 (the scales are 1 / (1 - t) and 1 / t); got t = {t}")
     try:
         gm = fx.symbolic_trace(model)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(f"cannot convert: torch.fx.symbolic_trace failed on {type(model).__name__} "
                          f"({type(exc).__name__}: {first_line(exc)})") from exc
     memo: dict = {}

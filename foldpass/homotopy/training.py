@@ -306,7 +306,7 @@ def _load_checkpoint(path: str, model, optimizer, scheduler, schedule: Schedule)
         scheduler.load_state_dict(state["lr"])
         if schedule is not None:
             schedule.load_state_dict(state["schedule"])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(f"{path}: not a foldpass training checkpoint for this model ({type(exc).__name__}: "
                          f"{first_line(exc)})") from exc
     return int(state["epoch"]), [EpochLog(**h) for h in state["history"]]

@@ -189,7 +189,7 @@ def affine_map(gm: fx.GraphModule, region: Region, in_shape, out_numel: int) -> 
         chunk = max(1, min(256, min(out_numel, n)))
         try:
             w = first(f, chunk_size=chunk)(zero)
-        except Exception:  # an op without the mode's derivative formula: try the other mode
+        except Exception:  # noqa: BLE001 - an op without this mode's derivative formula or batching rule: the other mode
             w = second(f, chunk_size=chunk)(zero)
         with torch.no_grad():
             b = f(zero)
@@ -288,7 +288,7 @@ def _fold(gm, region: Region, option: Option, shapes, notes: Notes) -> fx.Node |
     else:
         try:
             w, b = affine_map(gm, region, in_info.sample_shape, out_info.sample_numel)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a region whose map cannot be read is kept, with the reason (issue 26 narrows this)
             notes.declined(f"{region.describe()} kept: computing W failed ({type(exc).__name__}: {exc})", out.name)
             return None
         y = _replace_with_gemm(gm, region, w, b, in_info, out_info, name)

@@ -100,7 +100,7 @@ def run_pipeline(gm: fx.GraphModule, pipeline: str | tuple[Pass, ...] = "default
                 out.module.recompile()
             except FoldpassError:  # the pass refused its input (a missing extra, a bad option): said as it is
                 raise
-            except Exception as exc:  # noqa: BLE001 - reported with the pass's name
+            except Exception as exc:
                 raise PassError(name, exc) from exc
             result.module = out.module
             result.notes.extend(n for n in out.notes if n.action == "applied")
