@@ -308,6 +308,10 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
     t0 = time.perf_counter()
     result = run_pipeline(gm, pipeline, max_fold_bytes=max_fold_bytes, on_pass=on_pass)
     timings["passes"] = time.perf_counter() - t0
+    timings.update({f"pass {name}": seconds for name, seconds in result.seconds.items()})
+    if not result.fixed_point:
+        report_warnings.append(f"the passes still changed the graph in round {result.rounds}, the last one allowed: "
+                               "the result is correct (verified) but may not be fully optimized")
     optimized = result.module
     static = optimized.meta.get(STATIC_KEY)
     batch_note = gm.meta.get(BATCH_NOTE_KEY, "dynamic")

@@ -113,9 +113,14 @@ class Report:
                     console.print(f"  [dim]info     {note.pass_name}: {note.message}[/]")
         for w in self.warnings:
             console.print(f"  [red]warning[/]  {w}")
+        if explain and self.timings:
+            console.print("  time     " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()), highlight=False)
         if self.verification:
             v = self.verification
+            held = (f" = the unoptimized export's own error {v['allowance']:.3g} + the tolerance"
+                    if v.get("basis") == "unoptimized export" else "")
             console.print(f"  [bold green]verified[/] onnxruntime vs original on {v['cases']} inputs: max abs error "
-                          f"{v['max_abs_error']:.3g} (output scale {v['output_scale']:.3g}, tolerance {v['tolerance']:.3g})")
+                          f"{v['max_abs_error']:.3g} (output scale {v['output_scale']:.3g}, tolerance "
+                          f"{v['tolerance']:.3g}{held})")
         elif self.max_error is not None:
             console.print(f"  max abs error (PyTorch, optimized vs original): {self.max_error:.3g}")

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -54,3 +56,14 @@ def test_none_pipeline_changes_nothing():
     model = models.randomize_batchnorm(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
     result = foldpass.optimize(model, torch.randn(1, 1, 28, 28), pipeline="none")
     assert result.report.before.ops == result.report.after.ops
+
+
+def test_the_loop_says_when_it_stopped_at_its_round_limit_and_times_each_pass():
+    model = models.CNN3(width=4, t=0.0).eval()
+    gm = foldpass.trace(model, (torch.randn(1, 1, 28, 28),))
+    cut = run_pipeline(copy.deepcopy(gm), "default", max_rounds=1)
+    assert not cut.fixed_point and cut.rounds == 1  # round 1 changed the graph; no round was left to confirm it
+    done = run_pipeline(gm, "default")
+    assert done.fixed_point and done.rounds >= 2
+    assert set(done.changed_by) <= set(done.seconds) and "zero_skip_elimination" in done.changed_by
+    assert all(seconds >= 0 for seconds in done.seconds.values())

@@ -23,6 +23,7 @@ the pipeline is built: `pipeline_passes("default", max_fold_bytes=...)`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
@@ -77,6 +78,8 @@ class PipelineResult:
     notes: list[Note] = field(default_factory=list)
     rounds: int = 0
     changed_by: dict[str, int] = field(default_factory=dict)  # pass name -> rounds in which it changed the graph
+    seconds: dict[str, float] = field(default_factory=dict)  # pass name -> its time, summed over the rounds
+    fixed_point: bool = True  # False: the last round still changed the graph (stopped at max_rounds)
 
 
 def run_pipeline(gm: fx.GraphModule, pipeline: str | tuple[Pass, ...] = "default", max_rounds: int = 8,
@@ -94,6 +97,7 @@ def run_pipeline(gm: fx.GraphModule, pipeline: str | tuple[Pass, ...] = "default
             name = pass_name(p)
             if on_pass:
                 on_pass(name)
+            began = time.perf_counter()
             try:
                 out = p(result.module)
                 out.module.graph.lint()
@@ -102,6 +106,7 @@ def run_pipeline(gm: fx.GraphModule, pipeline: str | tuple[Pass, ...] = "default
                 raise
             except Exception as exc:
                 raise PassError(name, exc) from exc
+            result.seconds[name] = result.seconds.get(name, 0.0) + time.perf_counter() - began
             result.module = out.module
             result.notes.extend(n for n in out.notes if n.action == "applied")
             last_round.extend(n for n in out.notes if n.action != "applied")
@@ -111,5 +116,6 @@ def run_pipeline(gm: fx.GraphModule, pipeline: str | tuple[Pass, ...] = "default
         result.rounds = round_no
         if not changed:
             break
+    result.fixed_point = not changed
     result.notes.extend(last_round)
     return result
