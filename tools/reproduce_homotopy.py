@@ -240,8 +240,9 @@ def tasks(phase: str, args, results: dict) -> list[dict]:
         for variant, (chosen, epochs) in DESKIP.items():
             for seed in range(args.seeds):
                 for model in ("resnet18", "resnet34"):
-                    original = (f"resnet18{'-splits' if args.splits else ''}-{seed}" if model == "resnet18"
-                                else f"{settings_key(args)}-resnet34-{seed}")
+                    # keyed by what trains it: a quick run's 2-epoch resnet18 is never taken for a full run's
+                    original = (f"resnet18{'-splits' if args.splits else ''}-e{args.deskip_train_epochs}-lr{args.lr:g}"
+                                f"-{seed}" if model == "resnet18" else f"{settings_key(args)}-resnet34-{seed}")
                     out.append(dict(base, phase=phase, key=f"{model}/{variant}/{seed}", model=model, seed=seed,
                                     lr=args.lr, train_epochs=args.deskip_train_epochs,
                                     epochs=epochs or args.deskip_epochs, recipe=chosen, original=original,
