@@ -1,7 +1,7 @@
 """A network trained on a colour image folder, end to end through the command line (docs/data_colour.md).
 
     python tools/colour_folder.py              # build the folder, train, optimize, write the page
-    python tools/colour_folder.py --epochs 2   # a quicker run (the page says which)
+    python tools/colour_folder.py --epochs 5   # a quicker run (the page says which)
 
 The folder: scikit-learn's 1,797 digits (offline), each coloured (a random foreground on a random
 background colour, seeded) and resized to 3 x 32 x 32, saved as PNG files in the ImageFolder layout
@@ -72,7 +72,7 @@ def onnx_accuracy(path: str, folder: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args()
     folder = os.path.join(CACHE, "digits")
     if not os.path.isdir(folder):
@@ -97,7 +97,7 @@ def main() -> None:
     d = result["data"]
     lines = ["# A network trained on a colour image folder", "",
              f"Measured {result['date']} (torch {result['torch']}, 2-core CPU) with `python tools/colour_folder.py"
-             f"{'' if args.epochs == 10 else f' --epochs {args.epochs}'}`.", "",
+             f"{'' if args.epochs == 30 else f' --epochs {args.epochs}'}`.", "",
              "The folder: scikit-learn's 1,797 digits, each coloured (random foreground and background colours) and "
              "resized to 3 x 32 x 32, saved as PNG files, one sub-folder per class. The commands, as a user runs them:",
              "", "```bash",
