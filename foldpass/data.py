@@ -26,6 +26,7 @@ different lengths, a pickled .npz, an empty class folder, images of mixed sizes 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -82,7 +83,7 @@ class DataSplits:
         cut = {name: TensorDataset(*(t[:limit] for t in d.tensors)) if isinstance(d, TensorDataset)
                else Subset(d, range(min(limit, len(d))))
                for name, d in (("train", self.train), ("selection", self.selection), ("test", self.test))}
-        return DataSplits(**{**self.__dict__, **cut})
+        return dataclasses.replace(self, **cut)
 
 
 # ----------------------------------------------------------------------------- the splits
@@ -245,17 +246,24 @@ def _scan_folder(root: str, where: str) -> tuple[list[str], list[tuple[str, int]
     return classes, samples
 
 
-def _open_image(path: str, mode: str, size: tuple[int, int] | None):
+def _image(path: str, decode: bool = True):
+    """The opened PIL image (its pixels decoded when `decode`; a header alone otherwise), or the one
+    InputError line that names the file."""
     Image = require("PIL.Image", "train")
-
     try:
-        with Image.open(path) as img:
+        img = Image.open(path)
+        if decode:
             img.load()
-            img = img.convert(mode)
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a damaged file
         raise InputError(f"{path}: not a readable image ({type(exc).__name__}: {first_line(exc)})") from None
+    return img
+
+
+def _open_image(path: str, mode: str, size: tuple[int, int] | None):
+    with _image(path) as img:
+        img = img.convert(mode)
     if size and img.size != (size[1], size[0]):
-        img = img.resize((size[1], size[0]), Image.BILINEAR)
+        img = img.resize((size[1], size[0]), require("PIL.Image", "train").BILINEAR)
     return img
 
 
@@ -281,20 +289,15 @@ class ImageFiles(Dataset):
 
 
 def _folder(root: str, where: str, channels: int | None, image_size, mean, std, progress: bool):
-    """(images as a tensor or an ImageFiles set, labels, class names); every image is decoded once here,
-    so that a corrupt file is an error before any training."""
-    Image = require("PIL.Image", "train")
-
+    """(images as a tensor or an ImageFiles set, labels, class names); every image is decoded once here
+    (into the tensor, or only checked where the folder stays on disk), so that a corrupt file is an
+    error before any training."""
     classes, samples = _scan_folder(root, where)
     modes, sizes = set(), set()
-    for path, _ in _iterate(samples, progress, f"reading {len(samples):,} images"):
-        try:
-            with Image.open(path) as img:
-                img.load()
-                modes.add(img.mode)
-                sizes.add((img.height, img.width))
-        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a damaged file
-            raise InputError(f"{path}: not a readable image ({type(exc).__name__}: {first_line(exc)})") from None
+    for path, _ in samples:  # headers only: each file's mode and size
+        with _image(path, decode=False) as img:
+            modes.add(img.mode)
+            sizes.add((img.height, img.width))
     if image_size is None and len(sizes) > 1:
         shown = ", ".join(f"{h} x {w}" for h, w in sorted(sizes)[:4])
         raise InputError(f"{where}: images of {len(sizes)} sizes ({shown}{', ...' if len(sizes) > 4 else ''}); "
@@ -306,9 +309,12 @@ def _folder(root: str, where: str, channels: int | None, image_size, mean, std, 
         raise InputError(f"the model takes {channels} input channels; image folders give 1 (grey) or 3 (RGB)")
     mode = "L" if channels == 1 else "RGB"
     labels = torch.tensor([label for _, label in samples])
+    reading = _iterate(samples, progress, f"reading {len(samples):,} images")
     if len(samples) * channels * size[0] * size[1] * 4 > IN_MEMORY_BYTES:
+        for path, _ in reading:
+            _image(path).close()
         return ImageFiles(samples, mode, size, mean, std), labels, classes, (channels, *size)
-    x = torch.stack([_to_tensor(_open_image(p, mode, size)) for p, _ in samples])
+    x = torch.stack([_to_tensor(_open_image(p, mode, size)) for p, _ in reading])
     return _normalize(x, mean, std), labels, classes, (channels, *size)
 
 
@@ -449,7 +455,7 @@ def _normalized(splits: DataSplits, mean, std) -> DataSplits:
         return splits
     parts = {name: TensorDataset(_normalize(d.tensors[0], mean, std), d.tensors[1])
              for name, d in (("train", splits.train), ("selection", splits.selection), ("test", splits.test))}
-    return DataSplits(**{**splits.__dict__, **parts})
+    return dataclasses.replace(splits, **parts)
 
 
 def _read(spec: str, channels, size, mean, std, progress):
