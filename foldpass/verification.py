@@ -144,14 +144,8 @@ def export_errors(onnx_model: onnx.ModelProto | str, reference, cases: list[tupl
                   ) -> list[list[float]]:
     """Per case, per output: max |ONNX - reference| over the finite entries (no tolerance, no raising):
     how far an export alone is from PyTorch (a non-finite mismatch counts as no allowance)."""
-    run = _onnx_runner(onnx_model, cases)
-    errors = []
-    for case in cases:
-        with torch.no_grad():
-            want = _flatten(reference(*(x.clone() for x in case)))
-        got = run(case)
-        errors.append([0.0 if mismatch else err for err, _, mismatch in (compare(w, g) for w, g in zip(want, got))])
-    return errors
+    return [[0.0 if mismatch else err for err, _, mismatch in (compare(w, g) for w, g in zip(want, got))]
+            for _, want, got, _ in _run_both(_onnx_runner(onnx_model, cases), reference, cases)]
 
 
 def _onnx_runner(onnx_model: onnx.ModelProto | str, cases):
@@ -193,17 +187,21 @@ def verify_module(module, reference, cases: list[tuple[torch.Tensor, ...]], rtol
     return _compare_all(run, reference, cases, rtol, atol, "the optimized module")
 
 
+def _run_both(run, reference, cases):
+    """Per case: (the case, the reference's outputs, `run`'s outputs, the reference's output dtype or None)."""
+    for case in cases:
+        with torch.no_grad():
+            out = reference(*(x.clone() for x in case))
+        yield case, _flatten(out), run(case), next((o.dtype for o in output_tensors(out)), None)
+
+
 def _compare_all(run, reference, cases, rtol: float, atol: float, what: str,
                  allowance: list[list[float]] | None = None) -> Verification:
     """Runs `run` and the reference on every case and compares each output (see the module docstring)."""
     worst_ratio, worst, details, dtype = -1.0, None, [], torch.float32
-    for i, case in enumerate(cases):
-        with torch.no_grad():
-            out = reference(*(x.clone() for x in case))
-        want = _flatten(out)
-        dtype = next((o.dtype for o in output_tensors(out)), dtype)
+    for i, (case, want, got, out_dtype) in enumerate(_run_both(run, reference, cases)):
+        dtype = out_dtype or dtype
         tol_rtol = effective_rtol(rtol, dtype)
-        got = run(case)
         if len(got) != len(want):
             raise VerificationError(f"{what} has {len(got)} outputs, the original {len(want)}")
         for k, (w, g) in enumerate(zip(want, got)):
