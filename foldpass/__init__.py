@@ -8,7 +8,9 @@ skip-connection homotopy). Load -> trace -> passes -> export -> verify -> write.
     result.save_onnx("model.onnx")   # exported, verified under onnxruntime, then written
 
 Side products, each its own package built on the core: foldpass.homotopy (blended skips, schedules,
-training) and foldpass.decomposition (CP / Tucker-2 / TT). Names are imported on first use, so
+training), foldpass.decomposition (CP / Tucker-2 / TT) and foldpass.compression (`compress`: the
+lossless folds with de-skip, pruning, low rank and int8, each kept only where it measures faster
+within an accuracy budget). Names are imported on first use, so
 `import foldpass` (and `foldpass --help`) does not import torch.
 """
 
@@ -36,10 +38,11 @@ _API = {
     "Blend": "homotopy", "MultiBlend": "homotopy", "blend_residuals": "homotopy", "make_schedule": "homotopy",
     "Schedule": "homotopy", "train": "homotopy",
     "decompose": "decomposition", "DecomposeResult": "decomposition",
+    "compress": "compression", "CompressResult": "compression",
 }
 
 
-_SUBPACKAGES = ("homotopy", "decomposition", "models", "passes", "rules")
+_SUBPACKAGES = ("homotopy", "decomposition", "compression", "models", "passes", "rules")
 
 
 def __getattr__(name: str):

@@ -2,7 +2,8 @@
 
 Every model runs under the same session options (ORT_ENABLE_ALL, intra-op threads that sleep
 rather than spin between runs) after a warm-up. Timing is interleaved in short blocks (A B C,
-A B C, ...: each block a calibrated number of runs, about BLOCK_S long), so machine drift and
+B C A, C A B, ...: each block a calibrated number of runs, about BLOCK_S long; each sweep over the
+models starts with the next one in turn), so machine drift and
 interrupts hit all models alike; per-image time is a block's time / (runs * batch).
 Reported: per round the median block, the median over rounds and the interquartile spread,
 throughput, and each model's ratio to the first, taken block by block (neighbours in time,
@@ -254,10 +255,15 @@ def bench(models: list[str], names: list[str] | None = None, provider: str = "au
         plans = [_calibrate(r.run, BLOCK_S, round_s) for r in runners]
         blocks = min(b for _, b in plans)  # the same count for all, so every block has neighbours
         timings = [Timing(n, batch) for n in names]
+        turn = 0
         for _ in range(rounds):
             this_round: list[list[float]] = [[] for _ in runners]
             for _ in range(blocks):
-                for i, (r, (k, _)) in enumerate(zip(runners, plans)):
+                # each block starts with the next model in turn: no model always runs first (after the
+                # gap between blocks) or always after the same neighbour, whose cache state it inherits
+                first, turn = turn % len(runners), turn + 1
+                for i in [*range(first, len(runners)), *range(first)]:
+                    r, k = runners[i], plans[i][0]
                     start = time.perf_counter()
                     for _ in range(k):
                         r.run()

@@ -189,6 +189,37 @@ def _add_decompose(sub) -> None:
     p.set_defaults(func=cmd_decompose)
 
 
+def _add_compress(sub) -> None:
+    p = sub.add_parser("compress", help="a trained classifier and its data -> the fastest ONNX within an accuracy "
+                                        "budget: exact folds, de-skip, pruning, low rank, int8, each kept only where "
+                                        "it measures faster (the 'compress' extra)")
+    p.add_argument("source", help="pkg.module:build or file.py:build with --weights (or model.pt2: then only the "
+                                  "steps that need no nn.Module layers apply)")
+    p.add_argument("-o", "--output", required=True, help="the compressed model, an .onnx file")
+    p.add_argument("--weights", help="the trained state dict for pkg.module:build (loaded with weights_only=True)")
+    p.add_argument("--input-shape", help="the model's input with batch (default: the data's, e.g. 1,1,28,28)")
+    _add_trust(p)
+    p.add_argument("--max-drop", type=float, default=1.0,
+                   help="accuracy budget: points below the original on the selection split (default 1.0)")
+    p.add_argument("--steps", default=",".join(defaults.COMPRESS_STEPS),
+                   help=f"which steps, comma-separated (default: all, always in this order: "
+                        f"{','.join(defaults.COMPRESS_STEPS)})")
+    p.add_argument("--batch", default="1,64", help="the batch sizes latency is measured at (default 1,64)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per session (default 1: one request per core)")
+    p.add_argument("--epochs", type=int, default=5,
+                   help="fine-tuning epochs after pruning and low rank (default 5; de-skip tries 5, then 10)")
+    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (Adam)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget-minutes", type=float, help="stop trying steps once the run has taken this long")
+    p.add_argument("--checkpoint", help="a folder that keeps every finished step (and the candidates' files)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --checkpoint after its last finished step")
+    p.add_argument("--report", help="also write the table and the settings as JSON")
+    p.add_argument("--plot", help="also draw accuracy against latency per step as a PNG (the 'plot' extra)")
+    _add_data_options(p, defaults.DEFAULT_DATASET)
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.set_defaults(func=cmd_compress)
+
+
 class _Versions(argparse.Action):
     def __init__(self, option_strings, dest, **kw):
         super().__init__(option_strings, dest, nargs=0, help="print the versions of foldpass, torch, onnx, onnxruntime")
@@ -216,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_deskip(sub)
     _add_decompose(sub)
+    _add_compress(sub)
     _add_info(sub)
     for command in sub.choices.values():  # --debug also after the command, where a user adds it on a rerun
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
@@ -327,12 +359,7 @@ def cmd_optimize(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    try:
-        batches = tuple(int(b) for b in args.batch.split(","))
-    except ValueError:
-        raise InputError(f"--batch must be integers separated by commas; got '{args.batch}'") from None
-    if any(b < 1 for b in batches):
-        raise InputError(f"--batch sizes must be at least 1; got '{args.batch}'")
+    batches = tuple(_ints(args.batch, "--batch"))
     _positive(args.rounds, "--rounds")
     paths = _outputs(args, "--json", "--plot", inputs=args.models)
     if args.plot:
@@ -500,6 +527,47 @@ def cmd_decompose(args) -> int:
         foldpass.write_json(paths["--report"], result.as_dict(), force=args.force)
     console.print(f"wrote {args.output}; next: foldpass optimize {args.output} -o model.onnx")
     return 0
+
+
+def cmd_compress(args) -> int:
+    paths = _outputs(args, "--output", "--report", "--plot", inputs=[args.weights])
+    for flag in ("--threads", "--epochs"):
+        _positive(getattr(args, flag[2:]), flag, minimum=1 if flag == "--threads" else 0)
+    if args.resume and not args.checkpoint:
+        raise InputError("--resume continues the run in a --checkpoint folder; pass --checkpoint DIR")
+    batches = _ints(args.batch, "--batch")
+    steps = foldpass.compression.parse_steps(args.steps)
+    console = _console()
+    splits, shape = _data(args, console, foldpass.parse_input_shape(args.input_shape))
+    source = foldpass.load_source(args.source, shape, args.weights, args.trust)
+    model = source.model
+    _check_labels(model, splits, shape)
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        model = model.module()
+    result = foldpass.compress(model, splits, steps=steps, max_drop=args.max_drop, batches=batches,
+                               epochs=args.epochs, lr=args.lr, threads=args.threads, seed=args.seed,
+                               budget_minutes=args.budget_minutes, checkpoint=args.checkpoint, resume=args.resume,
+                               progress=console.is_terminal, log=lambda text: console.print(text, highlight=False))
+    result.render(console)
+    result.save_onnx(paths["--output"], force=args.force, inputs=[args.source, args.weights])
+    if args.report:
+        foldpass.write_json(paths["--report"], result.as_dict(), force=args.force)
+    if args.plot:
+        result.plot(paths["--plot"], force=args.force)
+    console.print(f"wrote {args.output}")
+    return 0
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise InputError(f"{flag} must be positive integers separated by commas; got '{text}'")
+    return values
 
 
 def cmd_info(args) -> int:

@@ -168,18 +168,25 @@ def rename_batch_axis(model: onnx.ModelProto, name: str | None, exported_as: str
     return model
 
 
+def direct_export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: int = DEFAULT_OPSET,
+                  dynamic_batch: bool = True) -> onnx.ModelProto:
+    """The model exported the usual way, without foldpass: torch.onnx.export(dynamo=True) with its own
+    optimizer on (the peer foldpass's files are compared with)."""
+    dynamic = tuple({0: Dim("batch")} for _ in inputs) if dynamic_batch else None
+    with quiet(), torch.no_grad():
+        program = torch.onnx.export(module, batch_of_two(inputs) if dynamic_batch else inputs, dynamo=True,
+                                    opset_version=opset, dynamic_shapes=dynamic, optimize=True, verbose=False)
+    return program.model_proto
+
+
 def direct_export_ops(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: int = DEFAULT_OPSET,
                       dynamic_batch: bool = True) -> dict[str, int] | str:
-    """The op counts of the model exported the usual way (torch.onnx.export(dynamo=True), its own
-    optimizer on): the peer foldpass's file must not be bigger than. A string says why there is none."""
-    dynamic = tuple({0: Dim("batch")} for _ in inputs) if dynamic_batch else None
+    """The op counts of direct_export: what foldpass's file must not be bigger than. A string says why
+    there is none."""
     try:
-        with quiet(), torch.no_grad():
-            program = torch.onnx.export(module, batch_of_two(inputs) if dynamic_batch else inputs, dynamo=True,
-                                        opset_version=opset, dynamic_shapes=dynamic, optimize=True, verbose=False)
+        return onnx_op_counts(direct_export(module, inputs, opset, dynamic_batch))
     except Exception as exc:  # noqa: BLE001 - the direct export failing is itself the answer
         return f"the direct export fails ({type(exc).__name__}: {first_line(exc)})"
-    return onnx_op_counts(program.model_proto)
 
 
 def onnx_op_counts(model: onnx.ModelProto) -> dict[str, int]:

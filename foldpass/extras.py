@@ -12,6 +12,7 @@ EXTRAS = {
     "train": "homotopy training and its data sets (scikit-learn's digits, torchvision's MNIST)",
     "decompose": "low-rank decomposition (TensorLy, SciPy)",
     "plot": "plots (matplotlib)",
+    "compress": "foldpass compress (Torch-Pruning, onnxruntime.quantization, TensorLy)",
 }
 
 

@@ -50,8 +50,32 @@ class Info:
             table.add_row("parameters", f"{before['params']:,}", f"{after['params']:,}")
             table.add_row("MACs / sample", f"{before['macs_per_sample']:,}", f"{after['macs_per_sample']:,}")
             console.print(table)
+        if "compress" in meta:
+            self._render_compress(console, meta["compress"])
         for name, op, doc in self.produced:
             console.print(f"  {op:<6} {name}: {doc}", highlight=False, soft_wrap=True)
+
+
+    @staticmethod
+    def _render_compress(console, text: str) -> None:
+        """The plan and the table `foldpass compress` recorded (each try, kept or not, and why)."""
+        from rich.table import Table
+
+        try:
+            record = json.loads(text)
+            batches = record["settings"]["batches"]
+            table = Table(title=f"foldpass compress (max drop {record['settings']['max_drop']:g} points): "
+                                f"kept {', '.join(record['kept']) or 'nothing'}", title_justify="left")
+            for col in ("step", "", "selection", "test", *[f"speed-up b{b}" for b in batches], "why"):
+                table.add_column(col, justify="right" if col.startswith(("sel", "test", "speed")) else "left")
+            for r in record["rows"]:
+                pct = [("-" if v is None else f"{v:.2%}") for v in (r["selection_acc"], r["test_acc"])]
+                speed = [f"{r['speedup'][str(b)]:.2f}x" if str(b) in r["speedup"] else "-" for b in batches]
+                table.add_row(f"{r['step']} {r['option']}".strip(), r["status"], *pct, *speed, r["why"])
+        except (ValueError, KeyError, TypeError):
+            console.print("  compress       (its record is not readable)")
+            return
+        console.print(table)
 
 
 def info(path: str) -> Info:

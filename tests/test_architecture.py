@@ -11,7 +11,7 @@ import sys
 import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "foldpass")
-SIDE = ("foldpass.homotopy", "foldpass.decomposition", "foldpass.models")
+SIDE = ("foldpass.homotopy", "foldpass.decomposition", "foldpass.compression", "foldpass.models")
 APPS = ("foldpass", "foldpass.cli", "foldpass.__main__", "foldpass.quickstart")  # the facade and the programs
 
 

@@ -134,7 +134,7 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
                    data_dir: str | None = None, download: bool = False, limit: int | None = None,
                    batch_size: int = 64, lr: float = 1e-3, seed: int = 0, convert: bool = False, exact: bool = False,
                    checkpoint: str | None = None, resume: str | None = None, progress: bool = False,
-                   teacher: nn.Module | None = None, workers: int = 0,
+                   teacher: nn.Module | None = None, workers: int = 0, final_test: bool = True,
                    log: Callable[[EpochLog], None] | None = None) -> TrainResult:
     """Trains `model` for `epochs` stages (passes over the data, or `steps_per_t` steps each) along
     the recipe's schedule of t down to 0, on the data's train split; the log is on its selection
@@ -147,6 +147,8 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
     teacher: distill from this trained model (a static-t model with its skips, say), with the
     recipe's distill weight; with none, a recipe with a teacher_t trains one first (a copy of the
     model at that static t, the same budget; trained again on resume).
+    final_test: False leaves the test split unread (test_acc None): for a caller whose choices are
+    not over yet (foldpass.compress reads it once, at its own end).
     """
     _check(epochs, batch_size, limit, steps_per_t)
     plan_recipe = _resolve(recipe)
@@ -172,7 +174,7 @@ def train_homotopy(model: nn.Module, *, recipe: Recipe | str = DEFAULT_RECIPE, e
                     distill=plan_recipe.distill,
                     checkpoint=checkpoint, resume=resume, progress=progress and rank == 0, workers=workers,
                     log=log if rank == 0 else None)
-    test_acc = evaluate(model, splits.test, device=device, workers=workers)[1]  # the final evaluation
+    test_acc = evaluate(model, splits.test, device=device, workers=workers)[1] if final_test else None
     return TrainResult(model, history, rank, plan_recipe, test_acc, splits.describe(), tuple(splits.shape))
 
 
@@ -214,6 +216,7 @@ def deskip(model: nn.Module, *, epochs: int = 5, t0: float = 0.5, recipe: Recipe
             raise InputError(f"the paper's lists start at 0.9 or 0.5, the model at t = {start:g}; use recipe 'foldpass'")
         base = replace(base, schedule="paper" if start == 0.9 else "paper-t05")
     result = train_homotopy(model, recipe=replace(base, t0=start), epochs=epochs, data=splits, **options)
-    original_test = evaluate(original, splits.test, workers=options.get("workers", 0))[1]
+    original_test = (evaluate(original, splits.test, workers=options.get("workers", 0))[1]
+                     if options.get("final_test", True) else None)
     return DeskipResult(result.model, result.history, result.rank, result.recipe, result.test_acc, result.data,
                         result.input_shape, original_acc, error, original_test)

@@ -1,0 +1,303 @@
+"""The steps of `foldpass compress`, each a function (job, state, option) -> the candidate state, that a
+user can also call one by one. Each step's options run from the strongest to the mildest: compress
+tries them in that order and keeps the first that is faster and within the accuracy budget.
+
+    exact    the folds of `foldpass optimize` (batch norm, re-parameterization, linear regions),
+             verified against the PyTorch model: lossless
+    prune    structured channel pruning with Torch-Pruning (its dependency graph keeps residual adds,
+             concatenations and depthwise groups consistent), a uniform ratio per layer, fine-tuned
+             with distillation from the original
+    deskip   residual adds -> blends, fine-tuned down to t = 0 (foldpass.homotopy.deskip), then the
+             skips leave the graph:  (1-t)*s_b*b + t*s_s*s, t == 0  ->  s_b*b
+    lowrank  CP / Tucker-2 / TT factorization of the k x k convs (foldpass.decomposition); the method
+             chosen by latency measured on the target, batch norm recalibrated, fine-tuned
+    int8     onnxruntime.quantization.quantize_static: QDQ, per-channel int8 weights, uint8
+             activations calibrated on training images; judged by accuracy (lossy, not verified)
+
+A step that does not apply raises Decline with the reason, which the table shows.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ..errors import FoldpassError, InputError, first_line
+
+DISTILL = 0.5  # weight of distillation from the original in every fine-tuning
+CALIBRATION_IMAGES = 256
+
+
+class Decline(FoldpassError):
+    """The step does not apply to this network (the message says why). final=False: only this option
+    does not apply; the next one is tried."""
+
+    def __init__(self, message: str, final: bool = True):
+        super().__init__(message)
+        self.final = final
+
+
+@dataclass
+class Job:
+    """What every step reads: the data, the original, where files go, and how to measure."""
+
+    splits: object  # foldpass.data.DataSplits: train for fine-tuning, selection for every choice
+    original: nn.Module  # never changed: the distillation teacher
+    example: torch.Tensor  # 2 x C x H x W
+    workdir: str
+    batches: tuple[int, ...] = (1, 64)
+    threads: int = 1
+    epochs: int = 5
+    lr: float = 1e-3
+    seed: int = 0
+    progress: bool = False
+    log: Callable[[str], None] = print
+    latency: Callable | None = None  # (candidate path, current path) -> measure.Latency; set by compress
+
+
+@dataclass
+class State:
+    """The current network: its PyTorch model (None once only its ONNX file is left), its verified
+    ONNX file, and the structural changes made to the original (to rebuild it on resume)."""
+
+    model: nn.Module | None
+    onnx: str
+    structure: list[dict] = field(default_factory=list)
+    verification: dict | None = None  # the last exact check of `onnx` against `model`
+
+
+def export(job: Job, model: nn.Module, name: str) -> tuple[str, dict]:
+    """The model through foldpass's own pipeline into job.workdir/name.onnx, verified (optimize's gate)."""
+    from ..optimizer import optimize
+
+    path = os.path.join(job.workdir, f"{name}.onnx")
+    if os.path.exists(path):
+        os.remove(path)  # a retried step's file of an earlier try: ours, in our working folder
+    result = optimize(model.eval(), job.example)
+    checked = result.save_onnx(path, force=True, compare_direct=False)
+    return path, (checked.as_dict() if checked else {})
+
+
+def _fine_tune(job: Job, model: nn.Module, what: str) -> None:
+    from ..homotopy.training import train
+
+    if job.epochs:
+        job.log(f"{what}: fine-tuning {job.epochs} epochs with distillation from the original")
+        train(model, job.splits.train, job.splits.selection, None, job.epochs, lr=job.lr, seed=job.seed,
+              teacher=job.original, distill=DISTILL, lr_schedule="cosine", progress=job.progress)
+    model.eval()
+
+
+def _needs_model(state: State, step: str) -> nn.Module:
+    if state.model is None:
+        raise Decline(f"{step} needs the PyTorch model, and only an ONNX file is left (after int8, or resumed "
+                      "after lowrank)")
+    return state.model
+
+
+# ----------------------------------------------------------------------------- exact
+
+
+def exact(job: Job, state: State, option=None) -> State:
+    """The model exported through foldpass's passes, verified: the lossless base of every later step."""
+    model = _needs_model(state, "exact")
+    path, checked = export(job, model, "exact")
+    return State(model, path, list(state.structure), checked)
+
+
+# ----------------------------------------------------------------------------- deskip
+
+
+class _BlendLeaves(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from ..homotopy.blend import Blend, MultiBlend
+
+        return isinstance(m, (Blend, MultiBlend)) or super().is_leaf_module(m, qualname)
+
+
+def plain_at_zero(model: nn.Module) -> fx.GraphModule:
+    """A blended network at t = 0 as a plain feed-forward GraphModule of the same layers:
+    (1-t)*s_b*b + t*s_s*s, t == 0  ->  s_b*b  (a MultiBlend: b). The shortcut branches leave the graph."""
+    from ..homotopy.blend import Blend
+
+    graph = _BlendLeaves().trace(model)
+    gm = fx.GraphModule(model, graph)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not hasattr(gm.get_submodule(node.target), "t"):
+            continue
+        blend = gm.get_submodule(node.target)
+        if float(blend.t) != 0.0:
+            raise Decline(f"{node.target} is at t = {float(blend.t):g}, not 0")
+        scale = blend.branch_scale if isinstance(blend, Blend) else 1.0
+        branch = node.args[0]
+        if scale != 1.0:
+            with gm.graph.inserting_before(node):
+                branch = gm.graph.call_function(operator.mul, (branch, scale))
+        node.replace_all_uses_with(branch)
+        gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm.eval()
+
+
+def deskip(job: Job, state: State, epochs: int = 5) -> State:
+    """Residual adds -> blends at t0 = 0.5 (exact), fine-tuned to t = 0 over `epochs` stages with
+    foldpass's deskip recipe (docs/homotopy.md: resnet18 needs 5, the narrow ResNet34 10), then the
+    skips removed from the graph."""
+    from ..homotopy.recipe import deskip as deskip_recipe
+
+    model = copy.deepcopy(_needs_model(state, "deskip"))
+    try:
+        result = deskip_recipe(model, epochs=epochs, data=job.splits, final_test=False, seed=job.seed,
+                                lr=job.lr, progress=job.progress)
+    except InputError as exc:
+        raise Decline(first_line(exc)) from None
+    plain = plain_at_zero(result.model)
+    path, checked = export(job, plain, "deskip")
+    return State(plain, path, [*state.structure, {"step": "deskip"}], checked)
+
+
+# ----------------------------------------------------------------------------- prune
+
+
+def _prunable(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def prune(job: Job, state: State, ratio: float = 0.5) -> State:
+    """Uniform structured pruning of `ratio` of each layer's channels (Torch-Pruning, L2 magnitude of
+    each coupled group), the classifier's outputs kept, then fine-tuned with distillation."""
+    from ..extras import require
+
+    tp = require("torch_pruning", "compress")
+    model = copy.deepcopy(_needs_model(state, "prune")).eval()
+    if not _prunable(model):
+        raise Decline("the model holds no nn.Conv2d layers (a .pt2 or a factorized graph): Torch-Pruning needs "
+                      "the modules; pass the model as pkg.module:build --weights")
+    classes = job.splits.num_classes
+    keep = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == classes]
+    keep += [m for m in _prunable(model) if m.out_channels == classes]
+    # channel counts in multiples of 8 where the layers are wide enough: onnxruntime's CPU convolutions
+    # work in blocks of 8 or 16 channels (NCHWc), so 12 channels cost what 16 do
+    round_to = 8 if min(m.out_channels for m in _prunable(model) if m not in keep) >= 16 else None
+    try:
+        pruner = tp.pruner.MetaPruner(model, job.example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                      pruning_ratio=ratio, ignored_layers=keep, round_to=round_to)
+        pruner.step()
+    except (RuntimeError, ValueError, KeyError, IndexError) as exc:
+        raise Decline(f"Torch-Pruning cannot prune this model ({type(exc).__name__}: {first_line(exc)})") from None
+    _fine_tune(job, model, f"prune {ratio:.0%}")
+    path, checked = export(job, model, f"prune-{ratio:g}")
+    return State(model, path, [*state.structure, {"step": "prune", "ratio": ratio}], checked)
+
+
+# ----------------------------------------------------------------------------- lowrank
+
+
+def _factorized(model: nn.Module, example: torch.Tensor, method: str, rank):
+    from ..decomposition import decompose
+
+    result = decompose(model, example, method, rank)
+    return result if result.layers else None
+
+
+def lowrank(job: Job, state: State, rank="auto") -> State:
+    """Each method (CP, Tucker-2, TT) at `rank` ("auto": VBMF; a fraction: of each conv's parameters),
+    exported and timed against the current file; the fastest one fine-tuned (batch norm recalibrated
+    first, then trained with distillation)."""
+    from ..decomposition.batchnorm_training import recalibrate_batchnorm, trainable_batchnorm
+    from ..defaults import DECOMPOSITION_METHODS
+    from ..extras import require
+    from ..homotopy.training import train
+
+    for module in ("tensorly", "scipy"):
+        require(module, "decompose")
+    model = _needs_model(state, "lowrank")
+    timed = []
+    for method in DECOMPOSITION_METHODS:
+        result = _factorized(model, job.example[:1], method, rank)
+        if result is None:
+            continue
+        path, _ = export(job, result.module, f"lowrank-{method}-{rank}")
+        speed = job.latency(path, state.onnx)
+        job.log(f"lowrank {method} at rank {rank}: {speed.faster()[1]} before fine-tuning")
+        timed.append((speed, method, result))
+    if not timed:
+        raise Decline(f"no conv is worth factorizing at rank {rank} (each one's reason: foldpass decompose)", final=False)
+    speed, method, result = max(timed, key=lambda m: sum(m[0].vs_current.values()))
+    ok, why = speed.faster()
+    if not ok:
+        raise Decline(f"the fastest factorization ({method}) is {why}", final=rank != "auto")
+    gm = result.module
+    recalibrate_batchnorm(gm, job.splits.train)
+    if job.epochs:
+        job.log(f"lowrank {method}: fine-tuning {job.epochs} epochs with distillation from the original")
+        with trainable_batchnorm(gm):
+            train(gm, job.splits.train, job.splits.selection, None, job.epochs, lr=job.lr, seed=job.seed,
+                  teacher=job.original, distill=DISTILL, lr_schedule="cosine", progress=job.progress)
+    gm.eval()
+    path, checked = export(job, gm, f"lowrank-{method}-{rank}")
+    return State(gm, path, [*state.structure, {"step": "lowrank", "method": method, "rank": rank, "replayable": False}],
+                 checked)
+
+
+# ----------------------------------------------------------------------------- int8
+
+
+class _Calibration:
+    """onnxruntime.quantization's CalibrationDataReader over the first training images."""
+
+    def __init__(self, dataset, name: str, count: int = CALIBRATION_IMAGES, batch: int = 32):
+        from torch.utils.data import DataLoader, Subset
+
+        subset = Subset(dataset, range(min(count, len(dataset))))
+        self._batches = iter([{name: x.numpy()} for x, _ in DataLoader(subset, batch_size=batch)])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+
+def int8(job: Job, state: State, option: str = "all") -> State:
+    """Post-training static quantization of the current file (onnxruntime.quantization, QDQ, per-channel
+    weights). option "all": every conv and matmul; "keep-ends": the first conv and the classifier
+    stay float (the milder retry)."""
+    from ..extras import require
+    from .measure import session
+
+    require("onnxruntime.quantization", "compress")
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    import onnx
+
+    model = onnx.load(state.onnx)
+    weighted = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    exclude = [weighted[0], weighted[-1]] if option == "keep-ends" and len(weighted) > 2 else []
+    name = session(state.onnx).get_inputs()[0].name
+    path = os.path.join(job.workdir, f"int8-{option}.onnx")
+    if os.path.exists(path):
+        os.remove(path)
+    quantize_static(state.onnx, path, _Calibration(job.splits.train, name), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude)
+    return State(None, path, [*state.structure, {"step": "int8", "option": option}], None)
+
+
+# the steps in order, each with its options from the strongest to the mildest
+# Pruning comes before de-skip: both spend the accuracy budget, and pruning is the larger lever. Measured
+# (docs/compress.md, resnet18): with de-skip first (1.08x for 0.6 points), 75 % pruning no longer fitted
+# in the budget and 50 % did, for 9.5x in all, where Torch-Pruning alone at 75 % gave 17x.
+STEPS: dict[str, tuple[Callable, tuple]] = {
+    "exact": (exact, (None,)),
+    "prune": (prune, (0.75, 0.5, 0.25)),
+    "deskip": (deskip, (5, 10)),  # epochs: the milder retry is the longer path to t = 0
+    "lowrank": (lowrank, ("auto", 0.5)),
+    "int8": (int8, ("all", "keep-ends")),
+}
+LOSSY = {"deskip", "prune", "lowrank", "int8"}

@@ -1,0 +1,248 @@
+"""foldpass compress (foldpass.compression): the loop that keeps a step only where it is within the
+accuracy budget and faster, resume after an interruption, the test split read only at the end, the
+t = 0 skip removal it rests on, and a colour image folder through the whole command."""
+
+import json
+import os
+
+import onnx
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+import foldpass
+from foldpass.cli import main
+from foldpass.compression import run as run_module
+from foldpass.compression import steps as steps_module
+from foldpass.compression.steps import Decline, plain_at_zero
+from foldpass.data import DataSplits
+from foldpass.homotopy import blend_residuals, set_t
+from foldpass.homotopy.training import train
+
+FAST = dict(timing=(1, 0.01), batches=(1, 4))  # latency measured once, briefly: these tests check the logic
+
+
+class TinyResNet(nn.Module):
+    """One residual block with a 1 x 1 projection shortcut: what de-skip removes."""
+
+    def __init__(self, classes: int = 4, channels: int = 1):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.conv1, self.bn1 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.down = nn.Sequential(nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        x = torch.relu(y + self.down(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def quadrants(n: int, seed: int, channels: int = 1) -> TensorDataset:
+    """8 x 8 images, the class is the bright quadrant (learnable in a few steps)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = 0.3 * torch.randn(n, channels, 8, 8, generator=g)
+    for i, c in enumerate(y.tolist()):
+        r, q = divmod(c, 2)
+        x[i, :, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 1.0
+    return TensorDataset(x, y)
+
+
+def splits(test: Dataset | None = None) -> DataSplits:
+    return DataSplits(quadrants(256, 0), quadrants(64, 1), test if test is not None else quadrants(64, 2),
+                      (1, 8, 8), 4, "quadrants")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    model = TinyResNet()
+    data = splits()
+    train(model, data.train, data.selection, None, 3, lr=3e-3)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- t = 0 skip removal
+
+
+def test_plain_at_zero_removes_the_skip_and_its_shortcut_branch_exactly(trained):
+    blended = blend_residuals(trained, 0.5)
+    set_t(blended, 0.0)
+    plain = plain_at_zero(blended)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), blended(x), rtol=0, atol=1e-6)
+    before = {n.target for n in blended.graph.nodes if n.op == "call_module"}
+    after = {n.target for n in plain.graph.nodes if n.op == "call_module"}
+    # the blend and the projection shortcut (its conv and batch norm) leave; a mul by 1 / (1 - t0) = 2 comes in
+    assert before - after == {"blend0", "down.0", "down.1"} and after <= before
+    assert len(plain.graph.nodes) == len(blended.graph.nodes) - 3 + 1
+    again = plain_at_zero(plain)  # nothing left to remove
+    assert len(again.graph.nodes) == len(plain.graph.nodes)
+
+
+def test_plain_at_zero_declines_a_blend_that_is_not_at_zero(trained):
+    blended = blend_residuals(trained, 0.5)
+    with pytest.raises(Decline, match="t = 0.5, not 0"):
+        plain_at_zero(blended)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _ruin(job, state, option):
+    """A lossy step for the tests: 'ruin' sets the classifier to zero (chance accuracy), 'same' changes nothing."""
+    model = steps_module.copy.deepcopy(state.model)
+    if option == "ruin":
+        with torch.no_grad():
+            model.fc.weight.zero_()
+            model.fc.bias.copy_(torch.tensor([5.0, 0, 0, 0]))
+    path, checked = steps_module.export(job, model, f"ruin-{option}")
+    return steps_module.State(model, path, [*state.structure, {"step": "ruin", "replayable": False}], checked)
+
+
+@pytest.fixture
+def ruin_step(monkeypatch):
+    monkeypatch.setitem(steps_module.STEPS, "ruin", (_ruin, ("ruin", "same")))
+    return "ruin"
+
+
+def test_a_step_over_budget_is_reverted_and_retried_milder(trained, ruin_step):
+    result = foldpass.compress(trained, splits(), steps=("exact", "ruin"), max_drop=1.0, epochs=0, **FAST)
+    rows = [(r.step, r.option, r.status) for r in result.rows]
+    assert rows[:2] == [("original", "", "original"), ("exact", "", "kept")]
+    assert rows[2] == ("ruin", "ruin", "reverted") and "over budget" in result.rows[2].why
+    assert rows[3][:2] == ("ruin", "same") and rows[3][2] in ("reverted", "kept")  # measured, not assumed
+    if rows[3][2] == "reverted":
+        assert "faster" in result.rows[3].why or "slower" in result.rows[3].why
+    assert result.final.selection_acc >= result.original.selection_acc - 0.01
+    assert result.verification and result.verification["max_abs_error"] <= result.verification["tolerance"]
+
+
+def test_the_test_split_is_read_only_after_every_choice(trained):
+    events = []
+
+    class Watched(Dataset):
+        def __init__(self, data):
+            self.data = data
+
+        def __len__(self):
+            return len(self.data)
+
+        def __getitem__(self, i):
+            events.append("test read")
+            return self.data[i]
+
+    result = foldpass.compress(trained, splits(Watched(quadrants(64, 2))), steps=("exact", "deskip", "int8"),
+                               epochs=1, log=events.append, **FAST)
+    assert "test read" in events
+    first_read = events.index("test read")
+    assert first_read > max(i for i, e in enumerate(events) if e.startswith(("exact", "deskip", "int8")))
+    assert result.original.test_acc is not None and result.final.test_acc is not None
+
+
+def test_resume_continues_after_the_last_finished_step(trained, ruin_step, monkeypatch, tmp_path):
+    ckpt = str(tmp_path / "ckpt")
+
+    def interrupted(job, state, option):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(steps_module.STEPS, "ruin", (interrupted, ("ruin",)))
+    with pytest.raises(KeyboardInterrupt):
+        foldpass.compress(trained, splits(), steps=("exact", "deskip", "ruin"), epochs=1, checkpoint=ckpt, **FAST)
+    state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
+    assert state["done"] == ["exact", "deskip"]
+    with pytest.raises(foldpass.InputError, match="--resume continues it"):
+        foldpass.compress(trained, splits(), steps=("exact", "deskip", "ruin"), epochs=1, checkpoint=ckpt, **FAST)
+
+    def never(*_a, **_k):
+        raise AssertionError("a finished step ran again")
+
+    monkeypatch.setitem(steps_module.STEPS, "exact", (never, (None,)))
+    monkeypatch.setitem(steps_module.STEPS, "deskip", (never, (None,)))
+    monkeypatch.setitem(steps_module.STEPS, "ruin", (_ruin, ("ruin",)))
+    log = []
+    result = foldpass.compress(trained, splits(), steps=("exact", "deskip", "ruin"), epochs=1, checkpoint=ckpt,
+                               resume=True, log=log.append, **FAST)
+    assert log[0] == "resumed after: exact, deskip"
+    assert [r.step for r in result.rows] == ["original", "exact", "deskip", "ruin"]
+    assert result.rows[3].status == "reverted"  # the resumed model is the de-skipped one, rebuilt: ruin is measured on it
+    with pytest.raises(foldpass.InputError, match="another model, data or settings"):
+        foldpass.compress(trained, splits(), steps=("exact", "deskip", "ruin"), epochs=1, checkpoint=ckpt,
+                          resume=True, max_drop=2.0, **FAST)
+
+
+def test_a_pruned_model_is_rebuilt_from_its_checkpoint(trained, tmp_path):
+    tp = pytest.importorskip("torch_pruning")
+    model = steps_module.copy.deepcopy(trained)
+    tp.pruner.MetaPruner(model, torch.zeros(2, 1, 8, 8), importance=tp.importance.GroupMagnitudeImportance(p=2),
+                         pruning_ratio=0.5, ignored_layers=[model.fc]).step()
+    assert model.conv1.out_channels == 8
+    state = steps_module.State(model, str(tmp_path / "x.onnx"), [{"step": "prune", "ratio": 0.5}])
+    run_module._save_checkpoint(str(tmp_path), "print", [run_module.Row("original", "", "original", "")], state, ["prune"])
+    rows, loaded, done = run_module._load_checkpoint(str(tmp_path), "print", trained)
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
+    assert loaded.model.conv1.out_channels == 8 and done == ["prune"]
+
+
+# ----------------------------------------------------------------------------- the command
+
+BUILDER = """
+import torch
+from torch import nn
+
+
+def colour():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))
+"""
+
+
+def test_a_colour_folder_network_goes_through_the_whole_command(tmp_path, monkeypatch, capsys):
+    from test_data import image_folder
+
+    (tmp_path / "colour_models.py").write_text(BUILDER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    root = image_folder(tmp_path / "imgs", per_class=10, size=(16, 16))
+    weights = tmp_path / "w.pt"
+    import colour_models
+
+    torch.save(colour_models.colour().state_dict(), weights)
+    out, report = tmp_path / "fast.onnx", tmp_path / "r.json"
+    real = run_module.latency  # one brief round per measurement: this test checks the command, not the timing
+    monkeypatch.setattr(run_module, "latency", lambda o, cur, cand, b, t, *_: real(o, cur, cand, b, t, 1, 0.01))
+    assert main(["compress", "colour_models:colour", "--weights", str(weights), "--data", f"folder:{root}",
+                 "-o", str(out), "--report", str(report), "--steps", "exact,prune,int8", "--epochs", "1",
+                 "--batch", "1,4"]) == 0
+    model = onnx.load(str(out))
+    dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [3, 16, 16]
+    written = json.loads(report.read_text())
+    assert [r["step"] for r in written["rows"]][:2] == ["original", "exact"]
+    assert {r["step"] for r in written["rows"]} >= {"prune", "int8"}
+    info = foldpass.info(str(out))
+    assert json.loads(info.metadata["compress"])["kept"] == written["kept"]
+    assert info.metadata["pipeline"].startswith("compress: exact")
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "foldpass compress (max drop 1 points): kept exact" in shown and "prune 0.75" in shown
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--resume"], "--resume continues the run in a --checkpoint folder"),
+    (["--steps", "exact,shrink"], "unknown step(s) shrink"),
+    (["--batch", "0"], "--batch must be positive integers"),
+])
+def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, args, message):
+    out = tmp_path / "o.onnx"
+    code = main(["compress", "torchvision.models:resnet18", "-o", str(out), "--data", "digits", "--limit", "8", *args])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not out.exists() and os.listdir(tmp_path) == []
