@@ -15,8 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-KEEP_MARGIN = 1.03  # a step must be this much faster than the current file (geometric mean over batches): A/A noise
-SLOWER_LIMIT = 0.97  # ... and no batch may be slower than the current file by more than this
+# A lossy step must be this much faster than the current file (geometric mean over the batches) and
+# at no batch slower: a step at 1.06x / 1.01x (low rank after pruning, resnet18) was within the noise
+# of small models at batch 1 and ended slower than pruning alone in the final, longer measurement.
+KEEP_MARGIN = 1.05
+NOT_SLOWER = 1.0
+SLOWER_LIMIT = 0.97  # the exact step (lossless) is kept unless some batch is slower than this
 
 
 @dataclass
@@ -32,7 +36,7 @@ class Latency:
         if mean < KEEP_MARGIN:
             return False, f"not faster than the current file ({shown})"
         worst = min(self.vs_current, key=self.vs_current.get)
-        if self.vs_current[worst] < SLOWER_LIMIT:
+        if self.vs_current[worst] < NOT_SLOWER:
             return False, f"slower at batch {worst} ({shown})"
         return True, shown
 
@@ -61,8 +65,8 @@ def onnx_accuracy(path: str, dataset, threads: int = 1, batch_size: int = 256) -
     return right / max(total, 1)
 
 
-def latency(original: str, current: str, candidate: str, batches, threads: int = 1, rounds: int = 7,
-            round_s: float = 0.25, progress: bool = False) -> Latency:
+def latency(original: str, current: str, candidate: str, batches, threads: int = 1, rounds: int = 9,
+            round_s: float = 0.3, progress: bool = False) -> Latency:
     from ..benchmark import bench
 
     result = bench([original, current, candidate], ["original", "current", "candidate"], batches=tuple(batches),

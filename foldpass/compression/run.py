@@ -150,7 +150,7 @@ def parse_steps(steps) -> tuple[str, ...]:
 def compress(model: torch.nn.Module, data, *, example: torch.Tensor | None = None, steps=tuple(STEPS),
              max_drop: float = 1.0, batches=(1, 64), epochs: int = 5, lr: float = 1e-3, threads: int = 1,
              budget_minutes: float | None = None, checkpoint: str | None = None, resume: bool = False,
-             seed: int = 0, timing: tuple[int, float] = (7, 0.25), progress: bool = False, log=None) -> CompressResult:
+             seed: int = 0, timing: tuple[int, float] = (9, 0.3), progress: bool = False, log=None) -> CompressResult:
     """Compresses a trained classifier within `max_drop` points of its selection accuracy (see the
     module docstring). `data`: a DataSplits or anything foldpass.load_data takes. `log(text)` hears
     each step's progress. timing: (rounds, seconds per round) of each interleaved latency measurement.
@@ -234,7 +234,7 @@ def compress(model: torch.nn.Module, data, *, example: torch.Tensor | None = Non
 def _run_step(job: Job, step: str, state: State, rows: list[Row], original_acc: float, max_drop: float,
               deadline: float | None) -> State:
     fn, options = STEPS[step]
-    for option in options:
+    for option in options(job) if callable(options) else options:
         shown = "" if option is None else str(option)
         if deadline and time.perf_counter() > deadline:
             rows.append(Row(step, shown, "declined", "the time budget (--budget-minutes) is spent"))
@@ -258,12 +258,13 @@ def _run_step(job: Job, step: str, state: State, rows: list[Row], original_acc: 
                   time.perf_counter() - began, file=cand.onnx)
         rows.append(row)
         faster, how = speed.faster()
+        shown_speed = ", ".join(f"{v:.2f}x at batch {b}" for b, v in speed.vs_current.items())
         if drop > max_drop:
             row.status, row.why = "reverted", f"over budget: {drop:.2f} points below the original (max {max_drop:g})"
             job.log(f"{step}: {row.why}")
             continue
         if step == "exact" and min(speed.vs_current.values()) >= SLOWER_LIMIT:
-            faster, how = True, "lossless, verified exactly: " + how  # every later step is exported through it anyway
+            faster, how = True, "lossless, verified exactly: " + shown_speed  # every later export goes through it anyway
         if not faster:
             row.status, row.why = "reverted", how
             job.log(f"{step}: reverted: {how}")

@@ -32,6 +32,7 @@ from torch import nn
 from ..errors import FoldpassError, InputError, first_line
 
 DISTILL = 0.5  # weight of distillation from the original in every fine-tuning
+MIN_STEPS = 1000  # fine-tuning runs at least this many steps (batch 64): 5 epochs of 1,258 images are 100 steps
 CALIBRATION_IMAGES = 256
 
 
@@ -54,7 +55,7 @@ class Job:
     workdir: str
     batches: tuple[int, ...] = (1, 64)
     threads: int = 1
-    epochs: int = 5
+    epochs: int = 5  # at least: see fine_tune_epochs
     lr: float = 1e-3
     seed: int = 0
     progress: bool = False
@@ -85,12 +86,19 @@ def export(job: Job, model: nn.Module, name: str) -> tuple[str, dict]:
     return path, (checked.as_dict() if checked else {})
 
 
+def fine_tune_epochs(job: Job) -> int:
+    """job.epochs, or more where that is under MIN_STEPS steps (a small data set); 0 stays 0."""
+    per_epoch = -(-len(job.splits.train) // 64)
+    return max(job.epochs, -(-MIN_STEPS // per_epoch)) if job.epochs else 0
+
+
 def _fine_tune(job: Job, model: nn.Module, what: str) -> None:
     from ..homotopy.training import train
 
-    if job.epochs:
-        job.log(f"{what}: fine-tuning {job.epochs} epochs with distillation from the original")
-        train(model, job.splits.train, job.splits.selection, None, job.epochs, lr=job.lr, seed=job.seed,
+    epochs = fine_tune_epochs(job)
+    if epochs:
+        job.log(f"{what}: fine-tuning {epochs} epochs with distillation from the original")
+        train(model, job.splits.train, job.splits.selection, None, epochs, lr=job.lr, seed=job.seed,
               teacher=job.original, distill=DISTILL, lr_schedule="cosine", progress=job.progress)
     model.eval()
 
@@ -151,7 +159,7 @@ def plain_at_zero(model: nn.Module) -> fx.GraphModule:
 def deskip(job: Job, state: State, epochs: int = 5) -> State:
     """Residual adds -> blends at t0 = 0.5 (exact), fine-tuned to t = 0 over `epochs` stages with
     foldpass's deskip recipe (docs/homotopy.md: resnet18 needs 5, the narrow ResNet34 10), then the
-    skips removed from the graph."""
+    skips removed from the graph. compress tries fine_tune_epochs(job), then twice as many."""
     from ..homotopy.recipe import deskip as deskip_recipe
 
     model = copy.deepcopy(_needs_model(state, "deskip"))
@@ -216,7 +224,6 @@ def lowrank(job: Job, state: State, rank="auto") -> State:
     from ..decomposition.batchnorm_training import recalibrate_batchnorm, trainable_batchnorm
     from ..defaults import DECOMPOSITION_METHODS
     from ..extras import require
-    from ..homotopy.training import train
 
     for module in ("tensorly", "scipy"):
         require(module, "decompose")
@@ -238,11 +245,8 @@ def lowrank(job: Job, state: State, rank="auto") -> State:
         raise Decline(f"the fastest factorization ({method}) is {why}", final=rank != "auto")
     gm = result.module
     recalibrate_batchnorm(gm, job.splits.train)
-    if job.epochs:
-        job.log(f"lowrank {method}: fine-tuning {job.epochs} epochs with distillation from the original")
-        with trainable_batchnorm(gm):
-            train(gm, job.splits.train, job.splits.selection, None, job.epochs, lr=job.lr, seed=job.seed,
-                  teacher=job.original, distill=DISTILL, lr_schedule="cosine", progress=job.progress)
+    with trainable_batchnorm(gm):  # the traced graph's batch norms as modules that train
+        _fine_tune(job, gm, f"lowrank {method}")
     gm.eval()
     path, checked = export(job, gm, f"lowrank-{method}-{rank}")
     return State(gm, path, [*state.structure, {"step": "lowrank", "method": method, "rank": rank, "replayable": False}],
@@ -296,7 +300,7 @@ def int8(job: Job, state: State, option: str = "all") -> State:
 STEPS: dict[str, tuple[Callable, tuple]] = {
     "exact": (exact, (None,)),
     "prune": (prune, (0.75, 0.5, 0.25)),
-    "deskip": (deskip, (5, 10)),  # epochs: the milder retry is the longer path to t = 0
+    "deskip": (deskip, lambda job: (fine_tune_epochs(job), 2 * fine_tune_epochs(job))),  # the milder: a longer path
     "lowrank": (lowrank, ("auto", 0.5)),
     "int8": (int8, ("all", "keep-ends")),
 }
