@@ -186,7 +186,8 @@ def test_resume_continues_after_the_last_finished_step(trained, ruin_step, monke
                                resume=True, log=log.append, **FAST)
     assert log[0] == "resumed after: exact, deskip"
     assert list(dict.fromkeys(r.step for r in result.rows)) == ["original", "exact", "deskip", "ruin"]
-    assert result.rows[-1].step == "ruin" and result.rows[-1].status == "reverted"  # the resumed model is the de-skipped one, rebuilt: ruin is measured on it
+    # the resumed model is the de-skipped one, rebuilt: ruin is measured on it
+    assert result.rows[-1].step == "ruin" and result.rows[-1].status == "reverted"
     with pytest.raises(foldpass.InputError, match="another model, data or settings"):
         foldpass.compress(trained, splits(), steps=("exact", "deskip", "ruin"), epochs=1, checkpoint=ckpt,
                           resume=True, max_drop=2.0, **FAST)
@@ -262,3 +263,20 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, args, message):
     code = main(["compress", "torchvision.models:resnet18", "-o", str(out), "--data", "digits", "--limit", "8", *args])
     assert code == 2 and message in capsys.readouterr().err
     assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_a_drop_of_exactly_the_budget_is_within_it(monkeypatch, tmp_path):
+    """0.98 - 0.97 is 0.010000000000000009 in floating point: 1.00 point must still be within --max-drop 1."""
+    from foldpass.compression.measure import Latency
+
+    def step(job, state, option):
+        return steps_module.State(None, str(tmp_path / "c.onnx"), [], None)
+
+    monkeypatch.setitem(steps_module.STEPS, "fake", (step, (None,)))
+    monkeypatch.setattr(run_module, "onnx_accuracy", lambda *a, **k: 0.97)
+    monkeypatch.setattr(run_module, "onnx_params", lambda *a, **k: 0)
+    job = steps_module.Job(splits(), None, None, str(tmp_path), log=lambda text: None)
+    job.latency = lambda cand, current: Latency({1: 0.1}, {1: 2.0}, {1: 2.0})
+    rows = [run_module.Row("original", "", "original", "", 0.98, macs=1)]
+    state = run_module._run_step(job, "fake", steps_module.State(None, "o.onnx"), rows, 0.98, 1.0, None)
+    assert rows[-1].status == "kept" and state.onnx.endswith("c.onnx")
