@@ -96,3 +96,27 @@ def test_homotopy_page_compares_the_three_split_runs_with_the_former_ones():
         in page
     assert "| the claim: foldpass recipe - static t = 0.5, cosine lr | +0.00 +- 0.71 | -2.00 +- 1.41 | **no** |" in page
     assert "| de-skip resnet18 (5 epochs): change | -0.50 +- 0.00 | -1.00 +- 0.00 | yes |" in page
+
+
+def test_compress_page_gives_each_network_its_verdict():
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import compress_benchmark
+
+    def entry(speedup: float, test: float) -> dict:
+        files = ["original", "original (A/A)", "foldpass compress", "onnxruntime quantize_static", "NNCF quantize"]
+        ratio = {"foldpass compress": speedup, "onnxruntime quantize_static": 1.5, "NNCF quantize": 1.5}
+        speed = {th: [{"model": m, "batch": b, "speedup_vs_first": ratio.get(m, 1.0), "median_us_per_image": 100.0}
+                      for m in files for b in (1, 64)] for th in ("1", "2")}
+        acc = {m: {"selection": 0.98, "test": test if m == "foldpass compress" else 0.975, "params": 10}
+               for m in files if m != "original (A/A)"}
+        return {"what": "w", "data": {"train": 1, "selection": 1, "test": 1}, "train_seconds": None, "speed": speed,
+                "accuracy": acc, "environment": {}, "versions": {"torch": "x"}, "date": "2026-12-02",
+                "pruning_alone": {"ratio": None, "tried": [{"ratio": 0.75, "selection_acc": 0.5}]},
+                "compress": {"kept": ["exact", "prune"]}, "compress_table": "| t |", "seconds": {"compress": 60}}
+
+    page = compress_benchmark.page({"nets": {"resnet18": entry(5.0, 0.972), "resnet34": entry(2.0, 0.975),
+                                             "mobilenet_v2": entry(1.2, 0.95)}})
+    assert "| resnet18 | exact, prune | 97.50% -> 97.20% (-0.30) | 5.00x / 5.00x |" in page and "| met (4x) |" in page
+    assert "| missed (4x) |" in page  # resnet34: 2x
+    assert "never slower, within budget: no |" in page  # mobilenet_v2: 2.5 points below
+    assert "3.33x / 3.33x (+0.0 pt)" in page  # foldpass 5x against a 1.5x int8 peer
