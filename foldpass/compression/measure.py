@@ -29,10 +29,15 @@ class Latency:
     vs_original: dict[int, float]  # speed-up (original's time / this one's)
     vs_current: dict[int, float]
 
+    @property
+    def shown(self) -> str:
+        """The speed-ups against the current file, in words."""
+        return ", ".join(f"{v:.2f}x at batch {b}" for b, v in self.vs_current.items())
+
     def faster(self) -> tuple[bool, str]:
         """Kept only where it pays: faster than the current file beyond the noise, at no batch slower."""
         mean = math.exp(statistics.fmean(math.log(v) for v in self.vs_current.values()))
-        shown = ", ".join(f"{v:.2f}x at batch {b}" for b, v in self.vs_current.items())
+        shown = self.shown
         if mean < KEEP_MARGIN:
             return False, f"not faster than the current file ({shown})"
         worst = min(self.vs_current, key=self.vs_current.get)

@@ -108,7 +108,7 @@ class CompressResult:
         for key, value in (("compress", json.dumps(self.as_dict())), ("pipeline", "compress: " + ", ".join(self.kept))):
             entry = model.metadata_props.add()
             entry.key, entry.value = PREFIX + key, value
-        reference = session_of(self.onnx)
+        reference = session(self.onnx.SerializeToString())
         name = reference.get_inputs()[0].name
         shape = [2 if not isinstance(d, int) else d for d in reference.get_inputs()[0].shape]
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -120,12 +120,6 @@ class CompressResult:
                 raise VerificationError("the written file does not compute what the chosen one computed")
 
         save_atomic(model, path, check, force=True)
-
-
-def session_of(model):
-    from .measure import session
-
-    return session(model.SerializeToString())
 
 
 # ----------------------------------------------------------------------------- the run
@@ -258,13 +252,12 @@ def _run_step(job: Job, step: str, state: State, rows: list[Row], original_acc: 
                   time.perf_counter() - began, file=cand.onnx)
         rows.append(row)
         faster, how = speed.faster()
-        shown_speed = ", ".join(f"{v:.2f}x at batch {b}" for b, v in speed.vs_current.items())
         if drop > max_drop + 1e-9:  # accuracies are counts over the split: 1.00 point is within 1 (0.98 - 0.97 > 0.01)
             row.status, row.why = "reverted", f"over budget: {drop:.2f} points below the original (max {max_drop:g})"
             job.log(f"{step}: {row.why}")
             continue
         if step == "exact" and min(speed.vs_current.values()) >= SLOWER_LIMIT:
-            faster, how = True, "lossless, verified exactly: " + shown_speed  # every later export goes through it anyway
+            faster, how = True, "lossless, verified exactly: " + speed.shown  # every later export goes through it anyway
         if not faster:
             row.status, row.why = "reverted", how
             job.log(f"{step}: reverted: {how}")
