@@ -4,6 +4,7 @@ onnx-graphsurgeon (cleanup, toposort), checked by onnx.checker."""
 from __future__ import annotations
 
 import os
+import sys
 
 import onnx
 import torch
@@ -27,16 +28,21 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
         for m in module.modules():
             m.training = False
         broadcast_copy_sources(module)
+    translations = _opaque_translations(module)
     with quiet():
         try:
             program = torch.onnx.export(module, batch_of_two(inputs) if dynamic_batch else inputs, dynamo=True,
-                                        opset_version=opset,
+                                        opset_version=opset, custom_translation_table=translations,
                                         dynamic_shapes=dynamic, output_names=output_names, verbose=False)
         except Exception as first:
             if not dynamic_batch:
                 raise FoldpassError(f"ONNX export failed: {type(first).__name__}: {first_line(first)}") from first
             return to_onnx(module, inputs, opset, dynamic_batch=False, output_names=output_names)
     model = program.model_proto
+    if translations:
+        from .onnx_opaque import write_back
+
+        write_back(model)  # the ONNX nodes that passed through, as they were
     global_average_pools(model)  # onnx_forms: the form onnxruntime runs fastest, exactly equal
     with quiet():
         model = tidy(model)
@@ -51,6 +57,15 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
             hint = " (bfloat16: most ONNX ops take it only from opset 22; cast the model to float32 or float16)"
         raise FoldpassError(f"the exported ONNX does not pass onnx.checker: {first_line(exc)}{hint}") from exc
     return model
+
+
+def _opaque_translations(module: torch.nn.Module) -> dict | None:
+    """torch.onnx's translation of passed-through ONNX nodes (onnx_opaque), once any was imported."""
+    if "foldpass.onnx_opaque" not in sys.modules:
+        return None
+    from .onnx_opaque import TRANSLATIONS
+
+    return TRANSLATIONS
 
 
 def broadcast_copy_sources(gm: fx.GraphModule) -> int:

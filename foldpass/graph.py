@@ -136,6 +136,10 @@ def op_name(node: fx.Node) -> str:
     if node.op == "call_function":
         target = node.target
         if isinstance(target, torch._ops.OpOverload):
+            if target._schema.name == "foldpass::onnx_node":  # a passed-through ONNX node: by its op type
+                from .onnx_opaque import node_of
+
+                return f"onnx {node_of(node.args[1]).label}"
             return target._schema.name.split("::")[-1]
         return getattr(target, "__name__", str(target))
     if node.op == "call_module":

@@ -112,7 +112,8 @@ def onnx_source(model, input_shape: tuple[int, ...] | None = None, name: str = "
                 path: str | None = None) -> Source:
     """A Source for an ONNX model already in memory (onnx.ModelProto); its reference is the same
     model under onnxruntime."""
-    from .onnx_import import OnnxModule, OrtReference, check_onnx, input_specs, opset_of
+    from .defaults import DEFAULT_OPSET
+    from .onnx_import import OnnxModule, OrtReference, check_onnx, input_specs, opset_of, upgraded
 
     if path is None:
         check_onnx(model, name)
@@ -138,7 +139,9 @@ def onnx_source(model, input_shape: tuple[int, ...] | None = None, name: str = "
                          "only the batch stays dynamic")
     fixed = [dims[0] for _, dims, _ in specs if dims and isinstance(dims[0], int) and dims[0]]
     names = [dims[0] for _, dims, _ in specs if dims and isinstance(dims[0], str)]
-    module = OnnxModule(model, path).eval()
+    module = OnnxModule(upgraded(model, DEFAULT_OPSET), path).eval()
+    if module.passed_through:
+        notes.append(f"passed through as they are (no rewrite crosses them): {', '.join(module.passed_through)}")
     # onnxruntime opens a path only by a UTF-8 name; any other name is read here (the model already is)
     reference = OrtReference(path if path and _utf8(path) else model.SerializeToString())
     return Source(module, tuple(inputs), name, path=path, reference=reference,

@@ -86,6 +86,10 @@ def _gemm(a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
 
 def _reshape(x, shape, allowzero=0):
     shape = _ints(shape)
+    if isinstance(x, list):  # a shape value: to a vector or a scalar (any other shape: onnxruntime's)
+        if len(shape) > 1 or any(isinstance(v, list) for v in x):
+            raise TypeError("a shape value reshaped to a matrix")
+        return x[0] if not shape else x
     if not allowzero:
         shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
     return x.reshape(shape)
@@ -160,10 +164,11 @@ def _hardsigmoid(x, alpha=0.2, beta=0.5):
     return torch.clamp(alpha * x + beta, 0, 1)
 
 
-def _list_or(fn_list, fn_tensor):
-    """An op that works on Python shape lists (Shape -> Gather -> Concat -> Reshape) and on tensors."""
+def _list_or(fn_list, fn_tensor, all_args: bool = False):
+    """An op that works on Python shape lists (Shape -> Gather -> Concat -> Reshape) and on tensors,
+    chosen by its data input (by every input for Concat); axes and indices may be lists either way."""
     def op(*args, **kw):
-        if any(isinstance(a, list) for a in args):
+        if any(isinstance(a, (list, int, float, torch.SymInt)) for a in (args if all_args else args[:1])):
             return fn_list(*args, **kw)
         return fn_tensor(*args, **kw)
     return op
@@ -194,15 +199,97 @@ def _slice(x, starts, ends, axes=None, steps=None):
     return x[tuple(index)]
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool)
+
+
+def _arith(fn):
+    """A binary op on tensors, and elementwise (broadcast) on shape values held as Python lists."""
+    def op(a, b):
+        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+            a, b = (_as_tensor(v) if isinstance(v, list) else v for v in (a, b))
+        elif isinstance(a, list) or isinstance(b, list):
+            a, b = (v if isinstance(v, list) else [v] for v in (a, b))
+            n = max(len(a), len(b))
+            return [fn(a[i if len(a) > 1 else 0], b[i if len(b) > 1 else 0]) for i in range(n)]
+        return fn(a, b)
+    return op
+
+
+def _constant_of_shape(shape, value=None):
+    """`value` is a Python (number, dtype) pair: OnnxModule reads the attribute's tensor once, at import."""
+    fill, dtype = value if value is not None else (0.0, torch.float32)
+    shape = _ints(shape)
+    if dtype in (torch.int64, torch.int32) and len(shape) <= 1:  # a shape value, as the shape ops keep it
+        return [int(fill)] * shape[0] if shape else int(fill)
+    return torch.full(shape, fill, dtype=dtype)
+
+
+def _expand(x, shape):
+    """ONNX Expand broadcasts both ways: a 1 in `shape` keeps x's size."""
+    shape = _ints(shape)
+    have = [1] * (len(shape) - x.dim()) + list(x.shape)
+    want = [h if isinstance(s, int) and s == 1 else s for s, h in zip([1] * (x.dim() - len(shape)) + shape, have)]
+    return x.reshape(have).expand(want)
+
+
+def _where(c, a, b):
+    if any(isinstance(v, list) for v in (c, a, b)):
+        c, a, b = (v if isinstance(v, list) else [v] for v in (c, a, b))
+        n = max(len(c), len(a), len(b))
+        pick = [(c[i if len(c) > 1 else 0], a[i if len(a) > 1 else 0], b[i if len(b) > 1 else 0]) for i in range(n)]
+        return [x if cond else y for cond, x, y in pick]
+    return torch.where(c, a, b)
+
+
+def _shape_of(x) -> list:
+    if isinstance(x, torch.Tensor):
+        return list(x.shape)
+    return [len(x)] if isinstance(x, list) else []
+
+
+def _range(start, limit, delta):
+    """Range of Python numbers (sizes) stays a shape value; of tensors, torch.arange."""
+    start, limit, delta = (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point()
+                           else v for v in (start, limit, delta))
+    if all(_is_int(v) for v in (start, limit, delta)):
+        return torch.arange(start, limit, delta, dtype=torch.int64)
+    return torch.arange(float(start), float(limit), float(delta))
+
+
+def _symbolic(v) -> bool:
+    """Whether a shape value holds a symbolic size (the dynamic batch)."""
+    return isinstance(v, torch.SymInt) or isinstance(v, list) and any(isinstance(i, torch.SymInt) for i in v)
+
+
+def _as_tensor(v) -> torch.Tensor:
+    """A shape value (Python numbers, the batch's SymInt among them) as a tensor: int64, or float32."""
+    items = v if isinstance(v, list) else [v]
+    dtype = torch.float32 if any(isinstance(i, float) for i in items) else torch.int64
+    if not any(isinstance(i, torch.SymInt) for i in items):
+        return torch.tensor(v, dtype=dtype)
+    stacked = torch.stack([torch.as_tensor(i, dtype=dtype) for i in items])
+    return stacked if isinstance(v, list) else stacked[0]
+
+
+def _cast_value(x, to: int):
+    """Cast of a shape value (a Python number or list): int types truncate, float types convert."""
+    if isinstance(x, list):
+        return [_cast_value(v, to) for v in x]
+    if _DTYPES.get(to) in (torch.int32, torch.int64):
+        return x if _is_int(x) else int(x)
+    return x if isinstance(x, torch.SymInt) else float(x)
+
+
 # ONNX op type -> torch function of (inputs..., **attributes)
 ONNX_OPS = {
     "Conv": _conv,
     "Gemm": _gemm,
     "MatMul": torch.matmul,
-    "Add": lambda a, b: a + b,
-    "Sub": lambda a, b: a - b,
-    "Mul": lambda a, b: a * b,
-    "Div": lambda a, b: a / b,
+    "Add": _arith(lambda a, b: a + b),
+    "Sub": _arith(lambda a, b: a - b),
+    "Mul": _arith(lambda a, b: a * b),
+    "Div": _arith(lambda a, b: a // b if _is_int(a) and _is_int(b) else a / b),  # ONNX integer Div: shapes
     "Neg": lambda x: -x,
     "BatchNormalization": _batchnorm,
     "Relu": torch.relu,
@@ -222,22 +309,30 @@ ONNX_OPS = {
     "Flatten": _flatten,
     "Reshape": _reshape,
     "Transpose": lambda x, perm=None: x.permute(perm or list(reversed(range(x.dim())))),
-    "Squeeze": lambda x, axes=None: x.squeeze(_ints(axes)) if axes is not None else x.squeeze(),
+    "Squeeze": _list_or(lambda x, axes=None: x[0] if len(x) == 1 else x,
+                        lambda x, axes=None: x.squeeze(_ints(axes)) if axes is not None else x.squeeze()),
     "Unsqueeze": _list_or(_unsqueeze_list, lambda x, axes=None: _unsqueeze(x, _ints(axes))),
-    "Concat": _list_or(_concat_list, lambda *xs, axis=0: torch.cat(xs, axis)),
+    "Concat": _list_or(_concat_list, lambda *xs, axis=0: torch.cat(xs, axis), all_args=True),
     "Gather": _list_or(_gather_list, lambda x, i, axis=0: torch.index_select(x, axis, i.reshape(-1)).reshape(
         *x.shape[:axis], *i.shape, *x.shape[axis + 1:]) if isinstance(i, torch.Tensor) else x.select(axis, int(i))),
     "Slice": _slice,
-    "Shape": lambda x, start=0, end=None: list(x.shape)[start:end],
+    "Shape": lambda x, start=0, end=None: _shape_of(x)[start:end],
     "Identity": lambda x: x,
     "Dropout": lambda x, *rest, **kw: x,
-    "Cast": lambda x, to: x if isinstance(x, list) else x.to(_DTYPES[to]),
+    "Cast": lambda x, to, saturate=1: x.to(_DTYPES[to]) if isinstance(x, torch.Tensor) else _cast_value(x, to),
     "Pad": _pad,
     "Resize": _resize,
     "Upsample": lambda x, scales, mode="nearest": _resize(x, scales=scales, mode=mode,
                                                           coordinate_transformation_mode="asymmetric",
                                                           nearest_mode="floor"),
     "Sqrt": torch.sqrt,
+    "ConstantOfShape": _constant_of_shape,
+    "Expand": _expand,
+    "Equal": _arith(lambda a, b: a == b),
+    "Where": _where,
+    "Mod": lambda a, b, fmod=0: _arith(lambda x, y: x % y if not fmod else math.fmod(x, y))(a, b),
+    "Not": _list_or(lambda x: [not v for v in x], torch.logical_not),
+    "Range": _range,
     "Pow": lambda a, b: a ** b,
     "Erf": torch.erf,
 }
@@ -252,22 +347,44 @@ def _unsqueeze(x, axes):
 _SHAPE_INPUTS = {"Resize": (1, 2, 3), "Upsample": (1,)}
 
 
-def _check_attributes(op: str, attrs: dict, opset: int) -> None:
-    """Refuses, before any work, an op whose attributes its torch function does not take (old opsets)."""
+def _takes(op: str, attrs: dict) -> bool:
+    """Whether the torch function of `op` takes these attributes (older opsets' forms pass through)."""
     try:
         signature = inspect.signature(ONNX_OPS[op])
     except (TypeError, ValueError):  # a builtin without a signature: takes no attributes
-        signature = None
+        return not attrs
     try:
-        if signature is not None:
-            signature.bind_partial(**attrs)
-        elif attrs:
-            raise TypeError
+        signature.bind_partial(**attrs)
     except TypeError:
-        raise InputError(
-            f"ONNX {op} with attributes {sorted(attrs)} (opset {opset}) is not supported; upgrade the file to "
-            "opset 18: python -c \"import onnx, onnx.version_converter as v; "
-            "onnx.save(v.convert_version(onnx.load('in.onnx'), 18), 'out.onnx')\"") from None
+        return False
+    return True
+
+
+def _known(node: onnx.NodeProto, attrs: dict) -> bool:
+    """Whether `node` is imported through ONNX_OPS (else it passes through as it is)."""
+    return node.op_type in ONNX_OPS and node.domain in ("", "ai.onnx") and _takes(node.op_type, attrs)
+
+
+def passed_through(model: onnx.ModelProto) -> list[str]:
+    """The op types of `model` that pass through as they are (no rewrite knows them)."""
+    return sorted({_label(n) for n in model.graph.node if n.op_type != "Constant" and
+                   not _known(n, {a.name: _attr(a) for a in n.attribute})})
+
+
+def upgraded(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """`model` at `opset` when it has ops that pass through (their form must be the written opset's)."""
+    if opset_of(model) >= opset or not passed_through(model):
+        return model
+    import onnx.version_converter
+
+    try:
+        return onnx.version_converter.convert_version(model, opset)
+    except Exception:  # noqa: BLE001 -- the converter's failure leaves the model as it is; write_back checks
+        return model
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
 
 
 def _attr(a: onnx.AttributeProto):
@@ -286,32 +403,64 @@ class OnnxModule(nn.Module):
         super().__init__()
         self.path, self.opset = path, opset_of(model)
         graph = model.graph
-        known = set(ONNX_OPS) | {"Constant"}
-        unsupported = sorted({n.op_type for n in graph.node if n.op_type not in known or n.domain not in ("", "ai.onnx")})
-        if unsupported:
-            raise InputError(f"the ONNX graph uses ops foldpass cannot import: {', '.join(unsupported)}")
         self.static: dict[str, object] = {}
+        self._static_types: dict[str, int] = {}
         self._buffers_by_name: dict[str, str] = {}
         # float constants that are shape arguments (Resize's roi / scales / sizes) stay Python values
         self._shape_args = {n.input[i] for n in graph.node for i in _SHAPE_INPUTS.get(n.op_type, ())
                             if i < len(n.input) and n.input[i]}
         for init in graph.initializer:
-            self._add_constant(init.name, numpy_helper.to_array(init))
+            self._add_constant(init.name, numpy_helper.to_array(init), init.data_type)
+        self._model, self._types = model, None
         self.steps = []
         for node in graph.node:
             attrs = {a.name: _attr(a) for a in node.attribute}
-            if node.op_type == "Constant":
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(attrs) == 1:
                 value = next(iter(attrs.values()))
-                self._add_constant(node.output[0], value.numpy() if isinstance(value, torch.Tensor) else np.array(value))
+                if isinstance(value, torch.Tensor):
+                    self._add_constant(node.output[0], value.numpy(), node.attribute[0].t.data_type)
+                else:
+                    self._add_constant(node.output[0], np.array(value))
                 continue
-            _check_attributes(node.op_type, attrs, self.opset)
-            self.steps.append((node.op_type, list(node.input), list(node.output), attrs))
+            if node.op_type == "ConstantOfShape" and isinstance(attrs.get("value"), torch.Tensor):
+                attrs["value"] = (attrs["value"].reshape(-1)[0].item(), attrs["value"].dtype)
+            self.steps.append((node.op_type if _known(node, attrs) else None, list(node.input), list(node.output),
+                               attrs, node))
+        self.passed_through = sorted({_label(n) for op, *_, n in self.steps if op is None})
         init_names = {i.name for i in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in init_names]
         self.output_names = [o.name for o in graph.output]
 
-    def _add_constant(self, name: str, array: np.ndarray) -> None:
-        if np.issubdtype(array.dtype, np.floating) and name not in self._shape_args:
+    def _opaque(self, node: onnx.NodeProto) -> str:
+        """The key of `node` passed through as it is (onnx_opaque), registered on first use."""
+        from .onnx_opaque import opaque_of, register, value_types
+
+        if self._types is None:
+            self._types = value_types(self._model)
+        return register(opaque_of(node, self._model, self._types))
+
+    def _run_opaque(self, node: onnx.NodeProto, env: dict) -> list:
+        """The node through onnx_node; evaluated now when every input is a Python value of the file
+        (a shape computation): integer results stay Python values, as the shape ops keep them."""
+        from .onnx_opaque import _NUMPY_OF_ONNX, evaluate, node_of
+
+        key = self._opaque(node)
+        opaque = node_of(key)
+        values = [env.get(name) if name else None for name in opaque.inputs]
+        if not any(isinstance(v, torch.Tensor) or _symbolic(v) for v in values):
+            arrays = [None if v is None else np.asarray(v, dtype=_NUMPY_OF_ONNX.get(
+                self._static_types.get(name) or t, np.int64)) for v, name, t in
+                zip(values, opaque.inputs, opaque.in_types)]
+            outs = evaluate(key, arrays)
+            return [o.tolist() if o.dtype.kind in "iub" else torch.from_numpy(o) for o in outs]
+        args = [v if v is None or isinstance(v, torch.Tensor) else _as_tensor(v) for v in values]
+        return torch.ops.foldpass.onnx_node(args, key)
+
+    def _add_constant(self, name: str, array: np.ndarray, onnx_type: int = 0) -> None:
+        if onnx_type:
+            self._static_types[name] = onnx_type
+        # integer and bool tensors of rank >= 2 (index tables, masks) are data, not shape values
+        if (np.issubdtype(array.dtype, np.floating) or array.ndim >= 2) and name not in self._shape_args:
             attr = f"c{len(self._buffers_by_name)}"
             self.register_buffer(attr, torch.from_numpy(np.array(array, copy=True)))
             self._buffers_by_name[name] = attr
@@ -322,11 +471,26 @@ class OnnxModule(nn.Module):
         env: dict[str, object] = dict(self.static)
         env.update({k: getattr(self, v) for k, v in self._buffers_by_name.items()})
         env.update(zip(self.input_names, inputs))
-        for op, ins, outs, attrs in self.steps:
+        for op, ins, outs, attrs, node in self.steps:
+            if op is None:
+                env.update(zip(outs, self._run_opaque(node, env)))
+                continue
             args = [env[i] if i else None for i in ins]
             while args and args[-1] is None:
                 args.pop()
-            result = ONNX_OPS[op](*args, **attrs)
+            try:
+                result = ONNX_OPS[op](*args, **attrs)
+            except InputError:  # a form of a known op that foldpass does not rewrite: it passes through
+                env.update(zip(outs, self._run_opaque(node, env)))
+                continue
+            except (TypeError, AttributeError, IndexError):  # a tensor op on a shape value
+                if not any(isinstance(a, (list, int, float, torch.SymInt)) for a in args):
+                    raise
+                if not any(isinstance(a, torch.Tensor) or _symbolic(a) for a in args):  # all constant
+                    env.update(zip(outs, self._run_opaque(node, env)))
+                    continue
+                result = ONNX_OPS[op](*[_as_tensor(a) if isinstance(a, (list, int, float, torch.SymInt)) else a
+                                        for a in args], **attrs)
             if len(outs) == 1 or not isinstance(result, tuple):
                 env[outs[0]] = result
             else:
@@ -405,7 +569,11 @@ class OrtReference:
     def __init__(self, path: str | bytes):
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # any load failure is the input's
+            raise InputError(f"onnxruntime cannot run the input model, so foldpass cannot check its output "
+                             f"against it: {first_line(exc)}") from exc
         self.names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, *inputs):

@@ -22,7 +22,7 @@ from .defaults import DEFAULT_MAX_FOLD_BYTES
 from .errors import FoldpassError, InputError, VerificationError
 from .export import (DEFAULT_OPSET, MIN_OPSET, check_opset, direct_export_ops, onnx_op_counts, rename_batch_axis,
                      rename_io, save_atomic, to_onnx)
-from .graph import INPUTS_KEY, STATIC_KEY
+from .graph import INPUTS_KEY, STATIC_KEY, op_name
 from .loading import Source
 from .outputs import atomic_write, check_outputs
 from .passes import run_pipeline
@@ -179,6 +179,10 @@ class OptimizeResult:
         original (the same inputs and tolerances as the ONNX gate) before it is moved into `path`."""
         path = check_outputs({"output": os.fspath(path)}, [self.source_path], force)["output"]
         check_tolerances(rtol, atol)
+        opaque = sorted({op_name(n) for n in self.module.graph.nodes if op_name(n).startswith("onnx ")})
+        if opaque:
+            raise InputError(f"{', '.join(opaque)} passed through from the ONNX input and run only under "
+                             "onnxruntime; write an .onnx file")
         static = self.report.static_batch
         dynamic = None if static else tuple({0: Dim("batch")} for _ in self.inputs)
         with quiet():
