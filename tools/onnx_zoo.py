@@ -1,0 +1,276 @@
+"""ONNX in, against onnx-simplifier: torchvision's models exported by both torch exporters, through
+onnxsim, foldpass, and onnxsim then foldpass, model by model.
+
+For every model (random weights, random batch-norm statistics, zero-initialized weights drawn small so
+that no output is constantly 0; 224 x 224, or the model's own size) and every exporter:
+    ts   torch.onnx.export(dynamo=False, opset_version=17), dynamic batch (what most pipelines run)
+    dy   torch.onnx.export(dynamo=True, opset_version=18), dynamic batch
+the ONNX op counts of the input, of onnxsim.simplify(input), of `foldpass optimize` on the input and
+on onnxsim's output; foldpass's verified error (relative to the output's scale); the wall time of
+each tool on this machine (one thread); and (--speed) the latency of every file under onnxruntime CPU,
+interleaved, at batch 1, as ratios against the input (the input timed a second time is the A/A band).
+
+    python tools/onnx_zoo.py                          # the default list (ISSUE_SET), both exporters
+    python tools/onnx_zoo.py --set all                # every torchvision classifier under 100M parameters
+    python tools/onnx_zoo.py --only resnet50:ts       # one model and exporter
+    python tools/onnx_zoo.py --docs-only              # redraw docs/onnx_zoo.md from the results
+
+Each run is its own subprocess with a time limit; a finished run is kept in .cache/results/onnx_zoo.json
+at once, so a rerun skips it (--redo NAME:EXPORTER); docs/onnx_zoo.{json,md} are written when the
+run ends (results_store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+DOCS = os.path.join(ROOT, "docs")
+
+# the issue's ten classifiers, a detection and a segmentation model, and timm's re-parameterizable pair
+ISSUE_SET = ("resnet50", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf", "convnext_tiny", "vit_b_16",
+             "swin_t", "shufflenet_v2_x1_0", "densenet121", "inception_v3", "ssdlite320_mobilenet_v3_large",
+             "lraspp_mobilenet_v3_large", "timm:repvgg_a0", "timm:mobileone_s0")
+EXPORTERS = ("ts", "dy")
+MAX_PARAMS = 100e6
+SIZES = {"inception_v3": 299, "ssdlite320_mobilenet_v3_large": 320}
+
+
+def build(name: str):
+    import torch
+
+    import models
+
+    torch.manual_seed(0)
+    if name.startswith("timm:"):
+        import timm
+
+        model = timm.create_model(name[5:], pretrained=False)
+    else:
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None) if "_mobilenet" in name \
+            else torchvision.models.get_model(name, weights=None)
+    model = models.randomize_batchnorm(model).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1 and not p.any():  # zero-initialized heads: the output would be 0 whatever the fold
+                p.normal_(0, 0.02)
+    return model
+
+
+def export(model, name: str, exporter: str, path: str) -> None:
+    import torch
+
+    size = SIZES.get(name, 224)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        if exporter == "ts":
+            torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["x"],
+                              dynamic_axes={"x": {0: "N"}})
+        else:
+            torch.onnx.export(model, (x,), path, dynamo=True, opset_version=18, input_names=["x"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+
+
+def ops_of(path: str) -> int:
+    import onnx
+
+    return sum(1 for n in onnx.load(path, load_external_data=False).graph.node if n.op_type != "Constant")
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:240]}"
+
+
+def measure(run: str, speed: bool, rounds: int) -> dict:
+    """One model and exporter, in this process."""
+    import warnings
+
+    import onnx
+    import torch
+
+    import foldpass
+    from foldpass.quiet import quiet
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    name, exporter = run.rsplit(":", 1)
+    model = build(name)
+    entry: dict = {"params": sum(p.numel() for p in model.parameters()),
+                   "commit": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                            text=True).stdout.strip() or "?"}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"input": os.path.join(tmp, "input.onnx")}
+        began = time.perf_counter()
+        with quiet():
+            export(model, name, exporter, paths["input"])
+        entry["export_s"] = time.perf_counter() - began
+        began = time.perf_counter()
+        try:
+            import onnxsim
+
+            with quiet():
+                simplified, ok = onnxsim.simplify(onnx.load(paths["input"]))
+            if ok:
+                paths["onnxsim"] = os.path.join(tmp, "onnxsim.onnx")
+                onnx.save(simplified, paths["onnxsim"])
+            else:
+                entry["onnxsim_error"] = "its check failed"
+        except Exception as exc:  # noqa: BLE001 - a peer that fails is recorded as such
+            entry["onnxsim_error"] = _error(exc)
+        entry["onnxsim_s"] = time.perf_counter() - began
+        for kind, src in (("foldpass", "input"), ("onnxsim+foldpass", "onnxsim")):
+            if src not in paths:
+                continue
+            out = os.path.join(tmp, kind.replace("+", "_") + ".onnx")
+            began = time.perf_counter()
+            try:
+                result = foldpass.optimize(foldpass.load_source(paths[src]))
+                result.save_onnx(out, compare_direct=False)
+                paths[kind] = out
+                v = result.report.verification or {}
+                entry[f"{kind}_error"] = v["max_abs_error"] / max(v["output_scale"], 1e-30)
+                entry[f"{kind}_passed_through"] = sorted({k[5:] for k in result.report.after.ops
+                                                          if k.startswith("onnx ")})
+            except Exception as exc:  # noqa: BLE001 - recorded: the table shows what failed and why
+                entry[f"{kind}_failed"] = _error(exc)
+            entry[f"{kind}_s"] = time.perf_counter() - began
+        entry["ops"] = {k: ops_of(p) for k, p in paths.items()}
+        if speed and "foldpass" in paths:
+            import shutil
+
+            paths["input again"] = os.path.join(tmp, "input_again.onnx")
+            shutil.copyfile(paths["input"], paths["input again"])
+            names = list(paths)
+            torch.set_num_threads(2)
+            size = SIZES.get(name, 224)
+            bench = foldpass.bench([paths[k] for k in names], names=names, batches=(1,), rounds=rounds)
+            entry["speed"] = {t["model"]: t["speedup_vs_first"] for t in bench.as_dict()["results"]}
+            entry["size"] = size
+    return entry
+
+
+def run_one(run: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--one", run, "--rounds", str(args.rounds)] + ([] if args.speed else ["--no-speed"])
+    began = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "error": f"over the {args.timeout} s limit"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"status": "crashed", "error": tail[:300], "seconds": time.perf_counter() - began}
+    return json.loads(lines[-1]) | {"seconds": time.perf_counter() - began}
+
+
+def names_of(which: str) -> list[str]:
+    if which == "issue":
+        return list(ISSUE_SET)
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models)) + list(ISSUE_SET[10:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", choices=["issue", "all"], default="issue")
+    parser.add_argument("--only", action="append", help="just these runs (NAME:ts or NAME:dy)")
+    parser.add_argument("--redo", action="append", default=[], help="measure these runs again")
+    parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per run")
+    parser.add_argument("--docs-only", action="store_true")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.speed, args.rounds)), flush=True)
+        return
+    from results_store import Store
+
+    store = Store("onnx_zoo.json")
+    results = store.load({"runs": {}})
+    if not args.docs_only:
+        import torch
+
+        from foldpass.about import versions
+        from foldpass.benchmark import environment
+
+        runs = args.only or [f"{n}:{e}" for n in names_of(args.set) for e in EXPORTERS]
+        results["meta"] = {"versions": versions(), "machine": "{cpu}, {cores} cores".format(**environment("cpu")),
+                           "date": datetime.date.today().isoformat(), "torch": torch.__version__}
+        for run in runs:
+            if run in results["runs"] and run not in args.redo:
+                continue
+            if args.set == "all" and not args.only and not run.startswith("timm:"):
+                if sum(p.numel() for p in build(run.rsplit(":", 1)[0]).parameters()) > MAX_PARAMS:
+                    continue
+            print(f"== {run}", flush=True)
+            entry = run_one(run, args)
+            results["runs"][run] = entry
+            store.save(results)
+            print(f"   ops {entry.get('ops')} {entry.get('foldpass_failed', entry.get('error', ''))}", flush=True)
+    store.publish(results)
+    write_docs(results)
+
+
+def write_docs(results: dict) -> None:
+    meta = results.get("meta", {})
+    runs = results["runs"]
+    lines = ["# ONNX in: foldpass against onnx-simplifier", "",
+             f"{meta.get('machine', '?')}; {meta.get('versions', '')}; {meta.get('date', '')}. "
+             "torchvision's models with random weights and random batch-norm statistics (zero-initialized "
+             "weights drawn small), exported by torch's TorchScript exporter (**ts**: opset 17) and its dynamo "
+             "exporter (**dy**: opset 18), both with a dynamic batch. Ops: ONNX nodes other than Constant. "
+             "**fp**: `foldpass optimize` on the input; **sim+fp**: on onnxsim's output. Error: foldpass's "
+             "verified max error over the output's scale. Times: wall clock of each tool in-process, one thread "
+             "(foldpass's includes its verification). Speed: onnxruntime CPU, 2 threads, batch 1, interleaved, "
+             "median ratio against the input (> 1 is faster); A/A is the input timed again. "
+             "Re-run: `python tools/onnx_zoo.py` (resumable; `--docs-only` redraws this page).", ""]
+    ok = [r for r, e in runs.items() if "foldpass" in e.get("ops", {})]
+    fewer = [r for r in ok if "onnxsim" not in runs[r]["ops"]
+             or min(runs[r]["ops"]["foldpass"], runs[r]["ops"].get("onnxsim+foldpass", 10**9)) <= runs[r]["ops"]["onnxsim"]]
+    lines += [f"{len(runs)} runs, {len(ok)} through foldpass with exit 0 and a verified output; "
+              f"{len(fewer)} with no more ops than onnxsim (foldpass alone or after onnxsim).", "",
+              "| model | exporter | ops in | onnxsim | fp | sim+fp | error | passed through | export s | onnxsim s "
+              "| fp s | sim+fp s | speed onnxsim / fp / sim+fp (A/A) |",
+              "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+    for run, e in runs.items():
+        name, exporter = run.rsplit(":", 1)
+        ops = e.get("ops", {})
+
+        def cell(k, ops=ops, e=e):
+            if k in ops:
+                return str(ops[k])
+            why = e.get(f"{k}_failed") or e.get(f"{k}_error") if k != "foldpass" else e.get("foldpass_failed")
+            return f"fails: {why}" if why else "-"
+
+        def secs(k, e=e):
+            return f"{e[k]:.1f}" if isinstance(e.get(k), (int, float)) else "-"
+
+        sp = e.get("speed", {})
+        speed = " / ".join(f"{sp[k]:.2f}x" if k in sp else "-" for k in ("onnxsim", "foldpass", "onnxsim+foldpass"))
+        if "input again" in sp:
+            speed += f" ({abs(sp['input again'] - 1):+.2f})".replace("+", "+-")
+        err = e.get("foldpass_error")
+        lines.append(f"| {name} | {exporter} | {ops.get('input', '-')} | {cell('onnxsim')} | {cell('foldpass')} | "
+                     f"{cell('onnxsim+foldpass')} | {f'{err:.1e}' if isinstance(err, float) else '-'} | "
+                     f"{', '.join(e.get('foldpass_passed_through', [])) or '-'} | {secs('export_s')} | "
+                     f"{secs('onnxsim_s')} | {secs('foldpass_s')} | {secs('onnxsim+foldpass_s')} | "
+                     f"{speed if sp else e.get('error', '-')} |")
+    with open(os.path.join(DOCS, "onnx_zoo.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
