@@ -116,11 +116,18 @@ def _reduce(fn):
 def _resize(x, roi=None, scales=None, sizes=None, mode="nearest", coordinate_transformation_mode="half_pixel",
             nearest_mode="round_prefer_floor", cubic_coeff_a=-0.75, exclude_outside=0, extrapolation_value=0.0,
             antialias=0, axes=None, keep_aspect_ratio_policy="stretch"):
-    if sizes is not None and not isinstance(sizes, torch.Tensor) and len(_ints(sizes)):
-        size = _ints(sizes)[2:]
-        kw = {"size": size}
+    if isinstance(sizes, torch.Tensor) or axes is not None or x.dim() not in (3, 4, 5):
+        raise InputError("Resize of computed sizes, on chosen axes or of this rank passes through")
+    if sizes is not None and len(_ints(sizes)):
+        size = _ints(sizes)
+        if len(size) != x.dim() or any(a is not b and a != b for a, b in zip(size[:2], x.shape[:2])):
+            raise InputError("Resize of the batch or channel axis passes through")
+        kw = {"size": size[2:]}
     else:
-        kw = {"scale_factor": [float(s) for s in (scales.tolist() if isinstance(scales, torch.Tensor) else scales)][2:]}
+        factors = [float(s) for s in (scales.tolist() if isinstance(scales, torch.Tensor) else scales)]
+        if len(factors) != x.dim() or factors[:2] != [1.0, 1.0]:
+            raise InputError("Resize of the batch or channel axis passes through")
+        kw = {"scale_factor": factors[2:]}
     if mode == "nearest":
         factors = kw.get("scale_factor") or [o / i for o, i in zip(kw["size"], x.shape[2:])]
         floor = coordinate_transformation_mode == "asymmetric" and nearest_mode == "floor"
@@ -141,6 +148,8 @@ def _pad(x, pads, value=None, axes=None, mode="constant"):
         torch_pads += [pads[d], pads[d + n]]
     while torch_pads and torch_pads[-2:] == [0, 0]:
         torch_pads = torch_pads[:-2]
+    if not torch_pads:  # pads of zero (Swin's pad to a multiple of its window, at a size that is one)
+        return x
     v = _scalar(value) or 0.0
     return F.pad(x, torch_pads, mode={"constant": "constant", "reflect": "reflect", "edge": "replicate"}[mode], value=v)
 
@@ -195,8 +204,11 @@ def _slice(x, starts, ends, axes=None, steps=None):
         return x[slice(starts[0], min(ends[0], len(x)), steps[0])]
     index = [slice(None)] * x.dim()
     for s, e, a, st in zip(starts, ends, axes, steps):
+        size = x.shape[a]
+        if s == 0 and st == 1 and (e >= 2**62 or isinstance(size, int) and e >= size):
+            continue  # the whole axis: no slice
         index[a] = slice(s, min(e, 2**62), st)
-    return x[tuple(index)]
+    return x[tuple(index)] if any(i != slice(None) for i in index) else x
 
 
 def _is_int(v) -> bool:

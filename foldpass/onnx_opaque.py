@@ -48,6 +48,27 @@ class OpaqueNode:
     ir_version: int = 8
     opset: int = 0  # the file's default-domain opset
     _sessions: dict = field(default_factory=dict, repr=False)
+    _shapes: dict = field(default_factory=dict, repr=False)
+
+    def inferred(self, shapes: tuple) -> list | None:
+        """Each output's dims by ONNX shape inference on this node alone, its inputs of these shapes
+        (ints and dim_param names); None where inference fails."""
+        if shapes not in self._shapes:
+            inputs = [onnx.helper.make_tensor_value_info(n, t, list(s) if s is not None else None)
+                      for n, t, s in zip(self.inputs, self.in_types, shapes) if n and t]
+            graph = onnx.helper.make_graph([self.node], "opaque", inputs,
+                                           [onnx.helper.make_value_info(n, onnx.TypeProto()) for n in self.node.output])
+            model = onnx.helper.make_model(graph, opset_imports=self.opsets, functions=self.functions)
+            model.ir_version = self.ir_version
+            try:
+                g = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True).graph
+                found = {v.name: v.type.tensor_type for v in list(g.output) + list(g.value_info)}
+                self._shapes[shapes] = [
+                    [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in found[o].shape.dim]
+                    if o in found and found[o].HasField("shape") else None for o in self.node.output]
+            except Exception:  # noqa: BLE001 -- inference is a help: the file's own inference is the fallback
+                self._shapes[shapes] = None
+        return self._shapes[shapes]
 
     @property
     def label(self) -> str:
@@ -77,7 +98,9 @@ _NODES: dict[str, OpaqueNode] = {}
 
 def register(node: OpaqueNode) -> str:
     """The key under which the fx IR's onnx_node calls find `node` (stable for the same node and model)."""
-    digest = hashlib.sha256(node.node.SerializeToString() + repr(node.inputs).encode()).hexdigest()[:16]
+    facts = (node.inputs, node.in_types, node.in_dims, node.out_types, node.out_dims,
+             [(o.domain, o.version) for o in node.opsets], [f.SerializeToString() for f in node.functions])
+    digest = hashlib.sha256(node.node.SerializeToString() + repr(facts).encode()).hexdigest()[:16]
     key = f"{digest}:{node.node.output[0] if node.node.output else ''}"
     _NODES.setdefault(key, node)
     return key
@@ -122,6 +145,8 @@ def onnx_node(inputs: list[torch.Tensor | None], key: str) -> list[torch.Tensor]
 
 @onnx_node.register_fake
 def _(inputs, key):
+    """Output shapes: ONNX shape inference on the node alone with these inputs' shapes (a symbolic
+    size as a named dim), else the whole file's inference, else a data-dependent size."""
     node = node_of(key)
     sizes = {}
     for x, dims in zip(inputs, node.in_dims):
@@ -129,16 +154,20 @@ def _(inputs, key):
             for d, s in zip(dims, x.shape):
                 if isinstance(d, str):
                     sizes.setdefault(d, s)
+    shapes = [None if x is None else [d if isinstance(d, int) else f"fp_{d}" for d in x.shape] for x in inputs]
+    sizes.update({f"fp_{d}": d for x in inputs if x is not None for d in x.shape if not isinstance(d, int)})
+    alone = node.inferred(tuple(tuple(s) if s is not None else None for s in shapes))
     promoted = _promoted(node, inputs)
     ctx = None
     out = []
-    for dims, t in zip(node.out_dims, node.out_types):
+    for i, (dims, t) in enumerate(zip(node.out_dims, node.out_types)):
+        mine = alone[i] if alone and i < len(alone) and alone[i] is not None and len(alone[i]) == len(dims) else None
         shape = []
-        for d in dims:
-            if isinstance(d, int):
-                shape.append(d)
-            elif isinstance(d, str) and d in sizes:
-                shape.append(sizes[d])
+        for j, d in enumerate(dims):
+            for guess in ((mine[j],) if mine else ()) + (d,):
+                if isinstance(guess, int) or isinstance(guess, str) and guess in sizes:
+                    shape.append(guess if isinstance(guess, int) else sizes[guess])
+                    break
             else:
                 ctx = ctx or torch.library.get_ctx()
                 shape.append(ctx.new_dynamic_size())

@@ -37,3 +37,33 @@ def test_does_not_materialize_growing_constants():
 
     result = check_pass(constant_propagation, Expand(), {})
     assert any(n.action == "declined" and "larger" in n.message for n in result.notes)
+
+
+class Masked(nn.Module):
+    """A mask built from sizes alone (zeros, slice assignments, masked_fill), as Swin builds its shifted
+    windows' attention mask: larger than any weight, but rebuilt on every call unless it is a constant."""
+
+    def __init__(self, side: int = 6):
+        super().__init__()
+        self.side = side
+
+    def forward(self, x):
+        mask = torch.zeros(self.side, self.side)
+        mask[: self.side // 2] = 1.0
+        mask = mask.masked_fill(mask != 0, -100.0)
+        return x + mask
+
+
+def test_materializes_a_small_constant_built_from_sizes():
+    built = {"full": -1, "slice": -1, "clone": -1, "copy": -1, "slice_scatter": -1, "ne": -1, "scalar_tensor": -1,
+             "where": -1}  # the mask's construction, now one constant
+    result = check_pass(constant_propagation, Masked(), built, x=torch.randn(1, 1, 6, 6))
+    assert any("precomputed" in n.message for n in result.notes)
+
+
+def test_keeps_a_constant_built_from_sizes_over_the_limit(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["foldpass.passes.constant_propagation"], "GENERATED_LIMIT", 35)
+    result = check_pass(constant_propagation, Masked(), {}, x=torch.randn(1, 1, 6, 6))
+    assert any(n.action == "declined" and "larger" in n.message for n in result.notes)

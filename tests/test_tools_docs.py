@@ -120,3 +120,23 @@ def test_compress_page_gives_each_network_its_verdict():
     assert "| missed (4x) |" in page  # resnet34: 2x
     assert "never slower, within budget: no |" in page  # mobilenet_v2: 2.5 points below
     assert "3.33x / 3.33x (+0.0 pt)" in page  # foldpass 5x against a 1.5x int8 peer
+
+
+def test_onnx_zoo_page_counts_the_goal_and_names_each_miss(tmp_path):
+    import onnx_zoo
+
+    def run(fp, sim, fp_s, speed_fp):
+        return {"ops": {"input": 50, "onnxsim": sim, "foldpass": fp}, "foldpass_s": fp_s, "onnxsim_s": 2.0,
+                "export_s": 1.0, "foldpass_error": 1e-7, "foldpass_passed_through": ["LayerNormalization"],
+                "speed": {"input": 1.0, "onnxsim": 1.1, "foldpass": speed_fp, "input again": 1.02}}
+
+    results = {"meta": {}, "runs": {"a:ts": run(30, 31, 3.0, 1.12), "b:dy": run(32, 31, 10.0, 1.0),
+                                    "c:ts": {"status": "crashed", "error": "boom"},
+                                    "d:dy": {"status": "export failed", "error": "torch's exporter fails: x"}}}
+    onnx_zoo.write_docs(results, str(tmp_path))
+    page = (tmp_path / "onnx_zoo.md").read_text()
+    assert "3 runs with an input file; **2 through foldpass**" in page and "1 of them with no more ops than" in page
+    assert "- d:dy: torch's exporter fails: x" in page
+    assert "1 of 2 timed no slower than onnxsim's file beyond the A/A band (+-0.02); 1 within twice" in page
+    assert "- c:ts: boom" in page and "- b:dy: 32 ops, onnxsim 31" in page and "- b:dy: 0.91x onnxsim's speed" in page
+    assert "| a | ts | 50 | 31 | 30 | - | 1.0e-07 | LayerNormalization |" in page

@@ -6,7 +6,10 @@ A node is constant when every tensor it reads is a parameter, buffer or an earli
 (`1 - t`, `t / 3`, `permute(fc.weight)`, `w[1]`). Only the frontier is materialized -- constants
 that a data-dependent node reads -- and each is evaluated exactly as the runtime would have
 (same op, same dtype), so the result is bit-for-bit what the original computed.
-A constant that would be larger than what it is computed from (an `expand`) is left as is.
+A constant that would be larger than the weights it is computed from (an `expand`) is left as is,
+unless it is built by a tensor-creating op (`zeros`, `full`, `arange`, an ONNX node passed through)
+and is at most GENERATED_LIMIT elements: a mask built from sizes (`zeros`, slices, `masked_fill`:
+Swin's shifted-window mask), which the runtime would otherwise rebuild on every call.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from ..graph import add_constant, ancestors, attr, drop_unused_attrs
 from .base import Notes, PassResult
 
 NAME = "constant_propagation"
+GENERATED_LIMIT = 2**18  # elements (1 MiB in float32)
+_GENERATORS = {"full", "zeros", "ones", "arange", "new_zeros", "new_ones", "new_full", "full_like", "zeros_like",
+               "ones_like", "scalar_tensor", "onnx_node"}
 
 _IMPURE = {"rand", "randn", "rand_like", "randn_like", "bernoulli", "dropout", "native_dropout",
            "empty", "empty_like", "uniform", "normal", "randint", "randperm"}
@@ -81,10 +87,12 @@ def constant_propagation(gm: fx.GraphModule) -> PassResult:
         value = _materialize(gm, node, env)
         if not isinstance(value, torch.Tensor):
             continue  # tuples (a getitem will fold) or Python numbers (already literals downstream)
-        sources = sum(attr(gm, n.target).numel() for n in _leaves(node) if isinstance(attr(gm, n.target), torch.Tensor))
-        if value.numel() > max(sources, 1):
-            notes.declined(f"kept {node.name}: its value ({value.numel()} elements) is larger than its "
-                           f"inputs ({sources}); materializing it would grow the model", node.name)
+        leaves = [attr(gm, n.target) for n in _leaves(node)]
+        sources = sum(t.numel() for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point())
+        generated = value.numel() <= GENERATED_LIMIT and _builds_a_tensor(node)
+        if value.numel() > max(sources, 1) and not generated:
+            notes.declined(f"kept {node.name}: its value ({value.numel()} elements) is larger than the weights it "
+                           f"reads ({sources}); materializing it would grow the model", node.name)
             continue
         new = add_constant(gm, value, "const", before=node)
         node.replace_all_uses_with(new)
@@ -96,6 +104,12 @@ def constant_propagation(gm: fx.GraphModule) -> PassResult:
         summary = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in sorted(folded.items()))
         notes.applied(f"precomputed {sum(folded.values())} constant subexpression(s): {summary}")
     return PassResult(gm, bool(folded), notes)
+
+
+def _builds_a_tensor(node: fx.Node) -> bool:
+    """Whether the constant subexpression of `node` creates a tensor (rather than broadcasting a weight)."""
+    return any(n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
+               and n.target._schema.name.split("::")[-1] in _GENERATORS for n in (node, *ancestors(node)))
 
 
 def _leaves(node: fx.Node) -> set[fx.Node]:

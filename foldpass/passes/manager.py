@@ -2,7 +2,7 @@
 
     default    = constant_propagation, zero_skip_elimination, broadcast_matmul, batched_matmul, batchnorm_folding,
                  scale_folding, linear_region_detection, affine_folding(max_fold_bytes), linear_matmul,
-                 reshape_chains
+                 reshape_chains, concat_chains
     skips-only = constant_propagation, zero_skip_elimination
 
 The order matters. Constant propagation comes first: it turns `1 - t`, `t / K` and `w[1]` into
@@ -13,7 +13,8 @@ constant analysis) and goes before the folds that read matmuls as regions; batch
 `1 / (1 - t0)`) into theirs, before the regions are measured, so that a region's cost is that of
 the convs that will really run. Region detection reports; affine folding rewrites. linear_matmul comes last: it turns
 reshape + Gemm + reshape into MatMul (+ Add) once nothing before it needs the addmm, and
-reshape_chains collapses the reshapes the folds left next to each other.
+reshape_chains collapses the reshapes the folds left next to each other, and concat_chains joins a
+concatenation into the one that reads it.
 
 A pipeline runs in order, and again, until no pass changes the graph (at most `max_rounds`).
 After every pass: `graph.lint()` and a recompile; whatever a pass raises comes back as a
@@ -40,6 +41,7 @@ from .broadcast_matmul import broadcast_matmul
 from .constant_propagation import constant_propagation
 from .linear_matmul import linear_matmul
 from .linear_regions import linear_region_detection
+from .concat_chains import concat_chains
 from .reshape_chains import reshape_chains
 from .scale_folding import scale_folding
 from .zero_skip_elimination import zero_skip_elimination
@@ -49,7 +51,7 @@ Pass = Callable[..., PassResult]
 PIPELINES: dict[str, tuple[Pass, ...]] = {
     "default": (constant_propagation, zero_skip_elimination, broadcast_matmul, batched_matmul, batchnorm_folding,
                 scale_folding,
-                linear_region_detection, affine_folding, linear_matmul, reshape_chains),
+                linear_region_detection, affine_folding, linear_matmul, reshape_chains, concat_chains),
     "skips-only": (constant_propagation, zero_skip_elimination),
     "none": (),
 }
