@@ -12,6 +12,7 @@ its own peer, and how far that ratio is from 1 is the noise band).
     python tools/zoo.py                       # timm's re-parameterizable families, then torchvision
     python tools/zoo.py --set timm --no-speed # op counts only
     python tools/zoo.py --only fastvit_t8     # one model
+    python tools/zoo.py --only tv:efficientnet_b0 --legacy   # also against the TorchScript exporter's file
     python tools/zoo.py --docs-only           # redraw docs/zoo.md from the results
 
 Every model runs in its own subprocess with a time limit (--timeout), one thread for export and
@@ -96,7 +97,15 @@ def direct_export(model, x, path: str) -> None:
         raise RuntimeError(f"the export fixed the batch to {dims[0].dim_value}")
 
 
-def measure(name: str, speed: bool, rounds: int) -> dict:
+def legacy_export(model, x, path: str) -> None:
+    """torch's TorchScript exporter (dynamo=False, opset 17, dynamic batch): what most pipelines still run."""
+    import torch
+
+    torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "N"}})
+
+
+def measure(name: str, speed: bool, rounds: int, legacy: bool = False) -> dict:
     """One model, in this process: op counts, verification, time, and (speed) the timings."""
     import copy
 
@@ -114,7 +123,9 @@ def measure(name: str, speed: bool, rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         with quiet():
-            for kind in ("direct", "deploy"):
+            for kind in ("direct", "deploy", "legacy"):
+                if kind == "legacy" and not legacy:
+                    continue
                 if kind == "deploy":
                     if name.startswith("tv:"):
                         continue
@@ -127,7 +138,10 @@ def measure(name: str, speed: bool, rounds: int) -> dict:
                 began = time.perf_counter()
                 try:
                     paths[kind] = os.path.join(tmp, f"{kind}.onnx")
-                    direct_export(model if kind == "direct" else deploy, x, paths[kind])
+                    if kind == "legacy":
+                        legacy_export(model, x, paths[kind])
+                    else:
+                        direct_export(model if kind == "direct" else deploy, x, paths[kind])
                 except Exception as exc:  # noqa: BLE001 - a peer that fails to export is recorded as such
                     entry[f"{kind}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                     paths.pop(kind)
@@ -165,6 +179,7 @@ def measure(name: str, speed: bool, rounds: int) -> dict:
 
 def run_one(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--one", name, "--rounds", str(args.rounds)] + ([] if args.speed else ["--no-speed"])
+    cmd += ["--legacy"] if args.legacy else []
     began = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
@@ -188,13 +203,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per model")
     parser.add_argument("--docs-only", action="store_true")
+    parser.add_argument("--legacy", action="store_true",
+                        help="also time torch's TorchScript exporter's file (opset 17) as a peer")
     parser.add_argument("--merge", action="append", default=[],
                         help="add the models of another results file (one made from another checkout); an entry "
                              "here stays unless it records no commit")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.speed, args.rounds)), flush=True)
+        print(json.dumps(measure(args.one, args.speed, args.rounds, args.legacy)), flush=True)
         return
     from results_store import Store
 

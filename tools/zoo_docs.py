@@ -64,7 +64,7 @@ def speed(entry: dict) -> str:
         return "not timed"
     parts = []
     for batch in (1, 8):
-        row = [f"{kind} {s[f'{kind}@{batch}']['vs_direct']:.2f}x" for kind in ("foldpass", "deploy")
+        row = [f"{kind} {s[f'{kind}@{batch}']['vs_direct']:.2f}x" for kind in ("foldpass", "deploy", "legacy")
                if f"{kind}@{batch}" in s]
         band = noise(entry, batch)
         parts.append(f"b{batch}: " + ", ".join(row) + (f" (A/A +-{band:.2f})" if band is not None else ""))
@@ -82,7 +82,8 @@ def write_docs(results: dict, folder: str) -> None:
              f"{meta.get('machine', '?')}; {versions}; {meta.get('date', '?')}. Random weights and random batch-norm "
              "statistics, input 1 x 3 x 224 x 224, dynamic batch. **direct**: `torch.onnx.export(model, dynamo=True)` "
              "of the train form (its own optimizer on); **deploy**: timm's `reparameterize_model()` form exported the "
-             "same way; **foldpass**: `foldpass.optimize(model)` then `save_onnx` (verified against the original). "
+             "same way; **legacy** (where a row shows it): torch's TorchScript exporter (`dynamo=False`, opset 17); "
+             "**foldpass**: `foldpass.optimize(model)` then `save_onnx` (verified against the original). "
              "Op counts are Conv / Add / BatchNormalization / **all ops**. Speed: onnxruntime CPU, interleaved "
              "rounds, median ratio against the direct export (> 1 is faster), measured only where the op counts "
              "differ; A/A is the direct export timed again as its own peer, how far its ratio is from 1 (the noise "
