@@ -169,17 +169,9 @@ def measure(run: str, speed: bool, rounds: int) -> dict:
 
 def run_one(run: str, args) -> dict:
     cmd = [sys.executable, __file__, "--one", run, "--rounds", str(args.rounds)] + ([] if args.speed else ["--no-speed"])
-    began = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
-                              env=dict(os.environ, OMP_NUM_THREADS="1"))
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout", "error": f"over the {args.timeout} s limit"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode or not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"status": "crashed", "error": tail[:300], "seconds": time.perf_counter() - began}
-    return json.loads(lines[-1]) | {"seconds": time.perf_counter() - began}
+    from results_store import run_measurement
+
+    return run_measurement(cmd, args.timeout)
 
 
 def names_of(which: str) -> list[str]:

@@ -43,3 +43,22 @@ class Store:
 
     def publish(self, results: dict) -> None:
         _write(self.published, results)
+
+
+def run_measurement(cmd: list[str], timeout: int) -> dict:
+    """One measurement in its own process (one thread): the last JSON line it prints, with its wall time,
+    or a timeout / crash entry naming the last line of its errors."""
+    import subprocess
+    import time
+
+    began = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "error": f"over the {timeout} s limit"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"status": "crashed", "error": tail[:300], "seconds": time.perf_counter() - began}
+    return json.loads(lines[-1]) | {"seconds": time.perf_counter() - began}
