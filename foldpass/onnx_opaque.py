@@ -50,16 +50,20 @@ class OpaqueNode:
     _sessions: dict = field(default_factory=dict, repr=False)
     _shapes: dict = field(default_factory=dict, repr=False)
 
+    def _alone(self, inputs: list, outputs: list) -> onnx.ModelProto:
+        """A model of this node alone, with these graph inputs and outputs, in the file's opsets."""
+        graph = onnx.helper.make_graph([self.node], "opaque", inputs, outputs)
+        model = onnx.helper.make_model(graph, opset_imports=self.opsets, functions=self.functions)
+        model.ir_version = self.ir_version
+        return model
+
     def inferred(self, shapes: tuple) -> list | None:
         """Each output's dims by ONNX shape inference on this node alone, its inputs of these shapes
         (ints and dim_param names); None where inference fails."""
         if shapes not in self._shapes:
-            inputs = [onnx.helper.make_tensor_value_info(n, t, list(s) if s is not None else None)
-                      for n, t, s in zip(self.inputs, self.in_types, shapes) if n and t]
-            graph = onnx.helper.make_graph([self.node], "opaque", inputs,
-                                           [onnx.helper.make_value_info(n, onnx.TypeProto()) for n in self.node.output])
-            model = onnx.helper.make_model(graph, opset_imports=self.opsets, functions=self.functions)
-            model.ir_version = self.ir_version
+            model = self._alone([onnx.helper.make_tensor_value_info(n, t, list(s) if s is not None else None)
+                                 for n, t, s in zip(self.inputs, self.in_types, shapes) if n and t],
+                                [onnx.helper.make_value_info(n, onnx.TypeProto()) for n in self.node.output])
             try:
                 g = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True).graph
                 found = {v.name: v.type.tensor_type for v in list(g.output) + list(g.value_info)}
@@ -79,12 +83,9 @@ class OpaqueNode:
         if types not in self._sessions:
             import onnxruntime as ort
 
-            graph = onnx.helper.make_graph(
-                [self.node], "opaque",
-                [onnx.helper.make_tensor_value_info(n, t, None) for n, t in zip(self.inputs, types) if n],
-                [onnx.helper.make_tensor_value_info(n, t, None) for n, t in zip(self.node.output, self.out_types) if n])
-            model = onnx.helper.make_model(graph, opset_imports=self.opsets, functions=self.functions)
-            model.ir_version = self.ir_version
+            model = self._alone([onnx.helper.make_tensor_value_info(n, t, None) for n, t in zip(self.inputs, types) if n],
+                                [onnx.helper.make_tensor_value_info(n, t, None)
+                                 for n, t in zip(self.node.output, self.out_types) if n])
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1
             options.log_severity_level = 3

@@ -73,8 +73,9 @@ def export(model, name: str, exporter: str, path: str) -> None:
     size = SIZES.get(name, 224)
     x = torch.randn(2, 3, size, size)
     if exporter == "ts":  # with grad on: under no_grad, torchvision's attention takes a fused path it cannot export
-        torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["x"],
-                          dynamic_axes={"x": {0: "N"}})
+        from zoo import legacy_export
+
+        legacy_export(model, x, path)
         return
     with torch.no_grad():
         torch.onnx.export(model, (x,), path, dynamo=True, opset_version=18, input_names=["x"],

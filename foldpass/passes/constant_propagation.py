@@ -87,9 +87,10 @@ def constant_propagation(gm: fx.GraphModule) -> PassResult:
         value = _materialize(gm, node, env)
         if not isinstance(value, torch.Tensor):
             continue  # tuples (a getitem will fold) or Python numbers (already literals downstream)
-        leaves = [attr(gm, n.target) for n in _leaves(node)]
+        above = ancestors(node)
+        leaves = [attr(gm, n.target) for n in above if n.op == "get_attr"]
         sources = sum(t.numel() for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point())
-        generated = value.numel() <= GENERATED_LIMIT and _builds_a_tensor(node)
+        generated = value.numel() <= GENERATED_LIMIT and _builds_a_tensor((node, *above))
         if value.numel() > max(sources, 1) and not generated:
             notes.declined(f"kept {node.name}: its value ({value.numel()} elements) is larger than the weights it "
                            f"reads ({sources}); materializing it would grow the model", node.name)
@@ -106,11 +107,7 @@ def constant_propagation(gm: fx.GraphModule) -> PassResult:
     return PassResult(gm, bool(folded), notes)
 
 
-def _builds_a_tensor(node: fx.Node) -> bool:
-    """Whether the constant subexpression of `node` creates a tensor (rather than broadcasting a weight)."""
+def _builds_a_tensor(nodes) -> bool:
+    """Whether a constant subexpression (its nodes) creates a tensor (rather than broadcasting a weight)."""
     return any(n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
-               and n.target._schema.name.split("::")[-1] in _GENERATORS for n in (node, *ancestors(node)))
-
-
-def _leaves(node: fx.Node) -> set[fx.Node]:
-    return {n for n in ancestors(node) if n.op == "get_attr"}
+               and n.target._schema.name.split("::")[-1] in _GENERATORS for n in nodes)

@@ -38,10 +38,10 @@ from .base import Note, PassResult
 from .batchnorm_folding import batchnorm_folding
 from .batched_matmul import batched_matmul
 from .broadcast_matmul import broadcast_matmul
+from .concat_chains import concat_chains
 from .constant_propagation import constant_propagation
 from .linear_matmul import linear_matmul
 from .linear_regions import linear_region_detection
-from .concat_chains import concat_chains
 from .reshape_chains import reshape_chains
 from .scale_folding import scale_folding
 from .zero_skip_elimination import zero_skip_elimination
