@@ -121,3 +121,14 @@ def test_a_pt2_output_is_refused_when_an_onnx_node_passed_through(tmp_path, caps
     assert main(["optimize", str(tmp_path / "in.onnx"), "-o", str(tmp_path / "o.pt2")]) == 2
     assert "onnx LayerNormalization passed through" in capsys.readouterr().err
     assert not (tmp_path / "o.pt2").exists()
+
+
+def test_a_node_the_written_opset_defines_differently_is_one_line_exit_2(tmp_path, capsys):
+    model = parsed(HEADER + """g (float[N, 4] x) => (float[N, 4] y) {
+        s = Size (x)
+        f = Cast <to = 1> (s)
+        y = Mul (x, f)
+    }""")
+    code, out = run(tmp_path, model, "--opset", "21")  # Size changed in opsets 19 and 21
+    err = capsys.readouterr().err
+    assert code == 2 and out is None and "opset 21 defines it differently" in err and len(err.splitlines()) == 1
