@@ -10,6 +10,7 @@ rejects whatever mixes samples (a view over the batch, a sum over dim 0, a cat o
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -90,8 +91,39 @@ def _run_real(gm: fx.GraphModule, batch: int) -> dict:
     return rec.seen
 
 
+# gm -> (its fingerprint, its shapes): an analysis cached until the graph changes
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def fingerprint(gm: fx.GraphModule) -> list:
+    """What the shapes depend on: every node with its op, target and arguments, every constant's
+    shape and dtype, the example inputs' and the batch sizes. Equal fingerprints, equal shapes."""
+    from .graph import attr
+
+    nodes = []
+    for n in gm.graph.nodes:
+        entry = (n, n.op, n.target, str(n.args), str(n.kwargs))
+        if n.op == "get_attr":
+            value = attr(gm, n.target)
+            entry += (tuple(value.shape), value.dtype) if isinstance(value, torch.Tensor) else (type(value),)
+        nodes.append(entry)
+    return [batches_of(gm), [(tuple(x.shape), x.dtype) for x in inputs_of(gm)], nodes]
+
+
 def infer_shapes(gm: fx.GraphModule) -> dict[fx.Node, ShapeInfo]:
-    """Runs gm at each batch size of `batches_of(gm)` and records every tensor value's shape."""
+    """Runs gm at each batch size of `batches_of(gm)` and records every tensor value's shape.
+    The result is cached per graph and computed again only once the graph has changed (a pass
+    that rewrote it), so the passes of a round that change nothing share one run."""
+    key = fingerprint(gm)
+    cached = _CACHE.get(gm)
+    if cached is not None and cached[0] == key:
+        return dict(cached[1])
+    shapes = _infer(gm)
+    _CACHE[gm] = (key, shapes)
+    return dict(shapes)
+
+
+def _infer(gm: fx.GraphModule) -> dict[fx.Node, ShapeInfo]:
     batches = batches_of(gm)
     try:
         runs = [_run_fake(gm, b) for b in batches]

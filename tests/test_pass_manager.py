@@ -67,3 +67,28 @@ def test_the_loop_says_when_it_stopped_at_its_round_limit_and_times_each_pass():
     assert done.fixed_point and done.rounds >= 2
     assert set(done.changed_by) <= set(done.seconds) and "zero_skip_elimination" in done.changed_by
     assert all(seconds >= 0 for seconds in done.seconds.values())
+
+
+def test_shapes_are_an_analysis_cached_until_the_graph_changes(monkeypatch):
+    from foldpass import shapes as shapes_module
+
+    gm = trace(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)).eval(), (torch.randn(2, 1, 12, 12),))
+    runs = []
+    real = shapes_module._infer
+    monkeypatch.setattr(shapes_module, "_infer", lambda g: runs.append(g) or real(g))
+    shapes_module._CACHE.pop(gm, None)  # tracing already asked for the shapes
+    first = shapes_module.infer_shapes(gm)
+    first.clear()  # a caller's copy: clearing it leaves the cache whole
+    again = shapes_module.infer_shapes(gm)
+    assert len(runs) == 1 and again
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0][0]
+    assert again[out].sample_shape == (2, 8, 8)
+    # a rewrite (the last conv now reads the first conv, not the ReLU) is seen: the shapes run again
+    relu = next(n for n in gm.graph.nodes if n.target == torch.ops.aten.relu.default)
+    out.replace_input_with(relu, relu.args[0])
+    assert shapes_module.infer_shapes(gm)[out].sample_shape == (2, 8, 8) and len(runs) == 2
+    # a constant replaced by one of another shape under the same name is seen too
+    for arg, shape in ((out.args[1], (3, 4, 3, 3)), (out.args[2], (3,))):
+        owner, _, name = arg.target.rpartition(".")
+        setattr(gm.get_submodule(owner), name, nn.Parameter(torch.randn(shape)))
+    assert shapes_module.infer_shapes(gm)[out].sample_shape == (3, 8, 8) and len(runs) == 3

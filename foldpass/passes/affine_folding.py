@@ -235,7 +235,7 @@ def _sweep(gm, shapes, max_fold_bytes: int, notes: Notes, declined: Notes, memo:
         option = memo.get(key) or _choose(gm, region, shapes, max_fold_bytes)
         if isinstance(option, str):
             parts, tried = (0, 0) if option.startswith("already a single") or key in memo else \
-                _fold_parts(gm, region, shapes, max_fold_bytes, notes, touched)
+                _fold_parts(gm, region, shapes, max_fold_bytes, notes, touched, memo)
             folded += parts
             if not parts:
                 memo[key] = option = option + (f"; none of its {tried} single-input parts folds for less" if tried else "")
@@ -256,9 +256,11 @@ def _choose(gm, region: Region, shapes, max_fold_bytes: int) -> Option | str:
 
 
 def _fold_parts(gm, region: Region, shapes, max_fold_bytes: int, notes: Notes,
-                used: set[fx.Node]) -> tuple[int, int]:
+                used: set[fx.Node], memo: dict) -> tuple[int, int]:
     """Folds the largest single-input parts of a region that cannot fold whole, none overlapping
-    (`used` collects the values they replaced); (parts folded, parts weighed)."""
+    (`used` collects the values they replaced); (parts folded, parts weighed). A part kept is
+    remembered in `memo`: regions that overlap share their parts (DenseNet's transition conv and
+    pool lie in every region of the next block that reads it), and each is weighed once."""
     replaced: dict[fx.Node, fx.Node] = {}
     count = 0
     parts = sub_regions(gm, region, shapes)
@@ -266,8 +268,10 @@ def _fold_parts(gm, region: Region, shapes, max_fold_bytes: int, notes: Notes,
         if used & set(part.nodes):
             continue
         part.inputs = [replaced.get(part.inputs[0], part.inputs[0])]  # a part folded just now: read its fold
-        option = _choose(gm, part, shapes, max_fold_bytes)
+        key = ("part", tuple(part.nodes), tuple(part.inputs))
+        option = memo.get(key) or _choose(gm, part, shapes, max_fold_bytes)
         if isinstance(option, str):
+            memo[key] = option
             continue
         y = _fold(gm, part, option, shapes, notes)
         if y is not None:
