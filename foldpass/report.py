@@ -117,8 +117,8 @@ class Report:
             console.print("  time     " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()), highlight=False)
         if self.verification:
             v = self.verification
-            held = (f" = the unoptimized export's own error {v['allowance']:.3g} + the tolerance"
-                    if v.get("basis") == "unoptimized export" else "")
+            held = (f" = twice the model's own float32 noise {v['allowance'] / 2:.3g} + the tolerance"
+                    if v.get("basis") == "float32 noise" else "")
             console.print(f"  [bold green]verified[/] onnxruntime vs original on {v['cases']} inputs: max abs error "
                           f"{v['max_abs_error']:.3g} (output scale {v['output_scale']:.3g}, tolerance "
                           f"{v['tolerance']:.3g}{held})")

@@ -1,6 +1,7 @@
-"""The gate holds foldpass to what it changed: where the model exported as it is (no pass) already
-differs from PyTorch beyond the tolerance (float32 rounding in the exporter's graph and in
-onnxruntime), foldpass's file may differ as much, plus the tolerance, and no more."""
+"""The gate holds foldpass to what it changed: where the model's own float32 rounding at an input is
+beyond the tolerance (the model exported as it is, no pass, already differs from PyTorch there, or
+PyTorch in float32 differs from itself in float64), foldpass's file may differ by twice that, plus
+the tolerance, and no more."""
 
 import pytest
 import torch
@@ -39,10 +40,22 @@ def test_a_model_the_exporter_alone_cannot_match_is_held_to_the_exporters_error(
     result = foldpass.optimize(Cancellation().eval(), X)
     assert result.report.after.ops == {"convolution": 1, "relu": 1}  # a - b merged into one conv
     check = result.save_onnx(tmp_path / "m.onnx")
-    assert check.basis == "unoptimized export" and check.allowance > 0
+    assert check.basis == "float32 noise" and check.allowance > 0
     assert check.max_abs_error > check.tolerance - check.allowance  # beyond the tolerance alone: it would have failed
     assert any("not a fold" in w for w in result.report.warnings)
-    assert result.report.verification["basis"] == "unoptimized export"
+    assert result.report.verification["basis"] == "float32 noise"
+
+
+def test_an_export_that_rounds_like_pytorch_still_leaves_the_float64_estimate(tmp_path, monkeypatch):
+    """timm's ghostnetv3_050 at seed 1: its unoptimized export was 56.8 from PyTorch, foldpass's file 67.1
+    (scale 954; PyTorch float32 is 5 % of the scale from float64 there). An allowance of the export's error
+    alone refused it by chance. Here the export matches PyTorch exactly (its errors patched to 0): the
+    model's float64 estimate alone must carry the file."""
+    import foldpass.optimizer
+
+    monkeypatch.setattr(foldpass.optimizer, "export_errors", lambda base, ref, cases: [[0.0] for _ in cases])
+    check = foldpass.optimize(Cancellation().eval(), X).save_onnx(tmp_path / "m.onnx")
+    assert check.basis == "float32 noise" and check.max_abs_error > check.tolerance - check.allowance > 0
 
 
 def test_a_wrong_fold_on_the_same_model_still_fails(tmp_path):
@@ -50,7 +63,7 @@ def test_a_wrong_fold_on_the_same_model_still_fails(tmp_path):
     (kernel,) = [b for b in result.module.buffers() if b.dim() == 4]  # the merged conv's weight
     with torch.no_grad():
         kernel.mul_(1.01)  # a fold 1 % off
-    with pytest.raises(VerificationError, match="the unoptimized export's own error"):
+    with pytest.raises(VerificationError, match="float32 noise"):
         result.save_onnx(tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 

@@ -48,12 +48,12 @@ def torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def build(name: str):
+def build(name: str, seed: int = 0):
     import torch
 
     import models
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     if name.startswith("tv:"):
         import torchvision
 
@@ -62,7 +62,7 @@ def build(name: str):
         import timm
 
         model = timm.create_model(name, pretrained=False)
-    return models.randomize_batchnorm(model).eval()
+    return models.randomize_batchnorm(model, seed).eval()
 
 
 def ops_of(path: str) -> dict[str, int]:
