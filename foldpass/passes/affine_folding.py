@@ -189,7 +189,7 @@ def affine_map(gm: fx.GraphModule, region: Region, in_shape, out_numel: int) -> 
         chunk = max(1, min(256, min(out_numel, n)))
         try:
             w = first(f, chunk_size=chunk)(zero)
-        except Exception:  # noqa: BLE001 - an op without this mode's derivative formula or batching rule: the other mode
+        except RuntimeError:  # an op without this mode's derivative formula or batching rule: the other mode
             w = second(f, chunk_size=chunk)(zero)
         with torch.no_grad():
             b = f(zero)
@@ -251,8 +251,8 @@ def _sweep(gm, shapes, max_fold_bytes: int, notes: Notes, declined: Notes, memo:
 def _choose(gm, region: Region, shapes, max_fold_bytes: int) -> Option | str:
     try:
         return choose(gm, region, shapes, max_fold_bytes)
-    except Exception as exc:  # noqa: BLE001 - any failure means: do not fold, and say why
-        return f"evaluating it failed ({type(exc).__name__}: {exc})"
+    except (RuntimeError, ValueError) as exc:  # torch cannot run the region (an op with no float64 kernel...)
+        return f"evaluating it failed ({type(exc).__name__}: {exc})"  # anything else is a bug: the pass fails
 
 
 def _fold_parts(gm, region: Region, shapes, max_fold_bytes: int, notes: Notes,
@@ -292,7 +292,7 @@ def _fold(gm, region: Region, option: Option, shapes, notes: Notes) -> fx.Node |
     else:
         try:
             w, b = affine_map(gm, region, in_info.sample_shape, out_info.sample_numel)
-        except Exception as exc:  # noqa: BLE001 - a region whose map cannot be read is kept, with the reason (issue 26 narrows this)
+        except (RuntimeError, ValueError) as exc:  # the map cannot be read (or is not affine): kept, with the reason
             notes.declined(f"{region.describe()} kept: computing W failed ({type(exc).__name__}: {exc})", out.name)
             return None
         y = _replace_with_gemm(gm, region, w, b, in_info, out_info, name)
