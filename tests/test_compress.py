@@ -208,6 +208,33 @@ def test_a_pruned_model_is_rebuilt_from_its_checkpoint(trained, tmp_path):
     assert loaded.model.conv1.out_channels == 8 and done == ["prune"]
 
 
+class _Payload:
+    """What a tampered checkpoint would carry: an object whose unpickling runs a command."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize("payload", ["code", "garbage", "wrong shapes"])
+def test_a_tampered_checkpoint_is_one_line_and_runs_nothing(trained, tmp_path, monkeypatch, payload):
+    monkeypatch.chdir(tmp_path)
+    state = steps_module.State(steps_module.copy.deepcopy(trained), str(tmp_path / "x.onnx"), [])
+    run_module._save_checkpoint(str(tmp_path), "print", [run_module.Row("original", "", "original", "")], state, ["exact"])
+    weights = tmp_path / run_module.WEIGHTS_FILE
+    if payload == "code":
+        torch.save({"conv1.weight": _Payload()}, weights)
+    elif payload == "garbage":
+        weights.write_bytes(b"not a zip at all")
+    else:
+        torch.save({"conv1.weight": torch.zeros(3)}, weights)
+    with pytest.raises(foldpass.InputError, match="not weights foldpass can read as data") as info:
+        run_module._load_checkpoint(str(tmp_path), "print", trained)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "PWNED").exists()
+
+
 # ----------------------------------------------------------------------------- the command
 
 BUILDER = """

@@ -21,6 +21,7 @@ import copy
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..errors import InputError, VerificationError
+from ..errors import InputError, VerificationError, first_line
 from .measure import SLOWER_LIMIT, Latency, latency, module_macs, onnx_accuracy, onnx_params
 from .steps import STEPS, Decline, Job, State
 
@@ -311,8 +312,13 @@ def _load_checkpoint(workdir: str, fingerprint: str, original: torch.nn.Module):
         if row.file:
             row.file = os.path.join(workdir, os.path.basename(row.file))
     model = None
-    if body["model"]:
-        model = _replay(original, body["structure"], os.path.join(workdir, WEIGHTS_FILE))
+    if body.get("model"):
+        weights = os.path.join(workdir, WEIGHTS_FILE)
+        try:  # weights_only: a pickle that would run code is refused by torch before it runs
+            model = _replay(original, body["structure"], weights)
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, LookupError, TypeError, ValueError) as exc:
+            raise InputError(f"{weights}: not weights foldpass can read as data, nothing of it was run "
+                             f"({type(exc).__name__}: {first_line(exc)[:160]}); start again without --resume") from None
     onnx_path = os.path.join(workdir, os.path.basename(body["onnx"]))
     return rows, State(model, onnx_path, body["structure"], body.get("verification")), list(body["done"])
 
