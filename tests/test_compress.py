@@ -117,8 +117,9 @@ def _ruin(job, state, option):
         with torch.no_grad():
             model.fc.weight.zero_()
             model.fc.bias.copy_(torch.tensor([5.0, 0, 0, 0]))
-    path, checked = steps_module.export(job, model, f"ruin-{option}")
-    return steps_module.State(model, path, [*state.structure, {"step": "ruin", "replayable": False}], checked)
+    out = steps_module.export(job, model, f"ruin-{option}")
+    return steps_module.State(model, out.path, [*state.structure, {"step": "ruin", "replayable": False}],
+                              out.verification, out.macs)
 
 
 @pytest.fixture
@@ -260,8 +261,10 @@ def test_a_colour_folder_network_goes_through_the_whole_command(tmp_path, monkey
 
     torch.save(colour_models.colour().state_dict(), weights)
     out, report = tmp_path / "fast.onnx", tmp_path / "r.json"
-    real = run_module.latency  # one brief round per measurement: this test checks the command, not the timing
-    monkeypatch.setattr(run_module, "latency", lambda o, cur, cand, b, t, *_: real(o, cur, cand, b, t, 1, 0.01))
+    # this test checks the command, not the timing: every candidate is 1.5x its current file (a measured
+    # round of 0.01 s judged 'exact' slower now and then on a busy machine, and the test failed)
+    monkeypatch.setattr(run_module, "latency", lambda o, cur, cand, batches, *_: run_module.Latency(
+        {b: 1.0 for b in batches}, {b: 1.5 for b in batches}, {b: 1.5 for b in batches}))
     assert main(["compress", "colour_models:colour", "--weights", str(weights), "--data", f"folder:{root}",
                  "-o", str(out), "--report", str(report), "--steps", "exact,prune,int8", "--epochs", "1",
                  "--batch", "1,4"]) == 0

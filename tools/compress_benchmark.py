@@ -103,17 +103,6 @@ def original(name: str, splits):
     return model.eval(), time.perf_counter() - began
 
 
-class Calibration:
-    """The first 256 training images, batches of 32, as onnxruntime's CalibrationDataReader."""
-
-    def __init__(self, splits, name: str):
-        self.batches = [{name: splits.train[i][0].unsqueeze(0).numpy()} for i in range(256)]
-        self.iter = iter(self.batches)
-
-    def get_next(self):
-        return next(self.iter, None)
-
-
 def ort_int8(src: str, dst: str, splits) -> None:
     """onnxruntime's static quantization in the form its docs recommend for x86 CPUs (QDQ, uint8
     activations, int8 per-channel weights): the strongest of its settings here (its plain defaults,
@@ -121,8 +110,9 @@ def ort_int8(src: str, dst: str, splits) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from foldpass.compression.measure import session
+    from foldpass.compression.steps import Calibration  # the reader compress's own int8 step uses
 
-    quantize_static(src, dst, Calibration(splits, session(src).get_inputs()[0].name), quant_format=QuantFormat.QDQ,
+    quantize_static(src, dst, Calibration(splits.train, session(src).get_inputs()[0].name), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 

@@ -249,6 +249,7 @@ def _run_step(job: Job, step: str, state: State, rows: list[Row], original_acc: 
         drop = (original_acc - acc) * 100
         speed: Latency = job.latency(cand.onnx, state.onnx)
         row = Row(step, shown, "", "", acc, drop, speed.ms, speed.vs_original, onnx_params(cand.onnx),
+                  cand.macs if cand.macs is not None else  # a step of the user's own that did not count them
                   module_macs(cand.model, job.example) if cand.model is not None else rows[-1].macs,
                   time.perf_counter() - began, file=cand.onnx)
         rows.append(row)

@@ -72,9 +72,17 @@ class State:
     onnx: str
     structure: list[dict] = field(default_factory=list)
     verification: dict | None = None  # the last exact check of `onnx` against `model`
+    macs: int | None = None  # per sample, of `model` (from the optimize run that wrote `onnx`)
 
 
-def export(job: Job, model: nn.Module, name: str) -> tuple[str, dict]:
+@dataclass
+class Exported:
+    path: str
+    verification: dict
+    macs: int  # per sample, foldpass's cost model on the traced model (optimize's report: no second trace)
+
+
+def export(job: Job, model: nn.Module, name: str) -> Exported:
     """The model through foldpass's own pipeline into job.workdir/name.onnx, verified (optimize's gate)."""
     from ..optimizer import optimize
 
@@ -83,7 +91,7 @@ def export(job: Job, model: nn.Module, name: str) -> tuple[str, dict]:
         os.remove(path)  # a retried step's file of an earlier try: ours, in our working folder
     result = optimize(model.eval(), job.example)
     checked = result.save_onnx(path, force=True, compare_direct=False)
-    return path, (checked.as_dict() if checked else {})
+    return Exported(path, checked.as_dict() if checked else {}, result.report.before.macs)
 
 
 def fine_tune_epochs(job: Job) -> int:
@@ -116,8 +124,8 @@ def _needs_model(state: State, step: str) -> nn.Module:
 def exact(job: Job, state: State, option=None) -> State:
     """The model exported through foldpass's passes, verified: the lossless base of every later step."""
     model = _needs_model(state, "exact")
-    path, checked = export(job, model, "exact")
-    return State(model, path, list(state.structure), checked)
+    out = export(job, model, "exact")
+    return State(model, out.path, list(state.structure), out.verification, out.macs)
 
 
 # ----------------------------------------------------------------------------- deskip
@@ -169,8 +177,8 @@ def deskip(job: Job, state: State, epochs: int = 5) -> State:
     except InputError as exc:
         raise Decline(first_line(exc)) from None
     plain = plain_at_zero(result.model)
-    path, checked = export(job, plain, "deskip")
-    return State(plain, path, [*state.structure, {"step": "deskip"}], checked)
+    out = export(job, plain, "deskip")
+    return State(plain, out.path, [*state.structure, {"step": "deskip"}], out.verification, out.macs)
 
 
 # ----------------------------------------------------------------------------- prune
@@ -203,8 +211,8 @@ def prune(job: Job, state: State, ratio: float = 0.5) -> State:
     except (RuntimeError, ValueError, KeyError, IndexError) as exc:
         raise Decline(f"Torch-Pruning cannot prune this model ({type(exc).__name__}: {first_line(exc)})") from None
     _fine_tune(job, model, f"prune {ratio:.0%}")
-    path, checked = export(job, model, f"prune-{ratio:g}")
-    return State(model, path, [*state.structure, {"step": "prune", "ratio": ratio}], checked)
+    out = export(job, model, f"prune-{ratio:g}")
+    return State(model, out.path, [*state.structure, {"step": "prune", "ratio": ratio}], out.verification, out.macs)
 
 
 # ----------------------------------------------------------------------------- lowrank
@@ -233,7 +241,7 @@ def lowrank(job: Job, state: State, rank="auto") -> State:
         result = _factorized(model, job.example[:1], method, rank)
         if result is None:
             continue
-        path, _ = export(job, result.module, f"lowrank-{method}-{rank}")
+        path = export(job, result.module, f"lowrank-{method}-{rank}").path
         speed = job.latency(path, state.onnx)
         job.log(f"lowrank {method} at rank {rank}: {speed.faster()[1]} before fine-tuning")
         timed.append((speed, method, result))
@@ -248,15 +256,15 @@ def lowrank(job: Job, state: State, rank="auto") -> State:
     with trainable_batchnorm(gm):  # the traced graph's batch norms as modules that train
         _fine_tune(job, gm, f"lowrank {method}")
     gm.eval()
-    path, checked = export(job, gm, f"lowrank-{method}-{rank}")
-    return State(gm, path, [*state.structure, {"step": "lowrank", "method": method, "rank": rank, "replayable": False}],
-                 checked)
+    out = export(job, gm, f"lowrank-{method}-{rank}")
+    return State(gm, out.path, [*state.structure, {"step": "lowrank", "method": method, "rank": rank, "replayable": False}],
+                 out.verification, out.macs)
 
 
 # ----------------------------------------------------------------------------- int8
 
 
-class _Calibration:
+class Calibration:
     """onnxruntime.quantization's CalibrationDataReader over the first training images."""
 
     def __init__(self, dataset, name: str, count: int = CALIBRATION_IMAGES, batch: int = 32):
@@ -287,7 +295,7 @@ def int8(job: Job, state: State, option: str = "all") -> State:
     path = os.path.join(job.workdir, f"int8-{option}.onnx")
     if os.path.exists(path):
         os.remove(path)
-    quantize_static(state.onnx, path, _Calibration(job.splits.train, name), quant_format=QuantFormat.QDQ,
+    quantize_static(state.onnx, path, Calibration(job.splits.train, name), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=exclude)
     return State(None, path, [*state.structure, {"step": "int8", "option": option}], None)
