@@ -1,5 +1,6 @@
 """Affine folding (Theorem 3.1) and the linear-region detection it relies on."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -156,3 +157,15 @@ def test_no_region_is_kept_because_evaluating_it_raised():
         assert not failed, (type(net).__name__, failed)
         kept += sum(n.pass_name == "affine_folding" for n in report.declined)
     assert kept  # regions were kept, each for a reason of the cost model
+
+
+def test_a_widening_region_is_read_by_forward_mode(monkeypatch):
+    """8 -> 64 -> 128: fewer inputs than outputs, so W comes from 8 Jacobian-vector products. jacfwd
+    takes no chunk size: the call raised TypeError and a catch-all quietly fell back to reverse mode
+    (128 vector-Jacobian products); with the catch-all narrowed, levit_128s failed."""
+    import importlib
+
+    module = importlib.import_module("foldpass.passes.affine_folding")
+    monkeypatch.setattr(module, "_reverse", lambda *a: pytest.fail("reverse mode used for a widening region"))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 64), nn.Linear(64, 128))
+    check_pass(affine_folding, model, {"addmm": -1}, x=torch.randn(2, 8), prep=PREP)

@@ -183,14 +183,14 @@ def affine_map(gm: fx.GraphModule, region: Region, in_shape, out_numel: int) -> 
         return sub(v.reshape(1, *in_shape)).reshape(-1)
 
     zero = torch.zeros(n, dtype=torch.float64)
+    chunk = max(1, min(256, min(out_numel, n)))
+    modes = (_reverse, _forward) if out_numel <= n else (_forward, _reverse)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # functorch's "no batching rule" performance notes
-        first, second = (torch.func.jacrev, torch.func.jacfwd) if out_numel <= n else (torch.func.jacfwd, torch.func.jacrev)
-        chunk = max(1, min(256, min(out_numel, n)))
         try:
-            w = first(f, chunk_size=chunk)(zero)
+            w = modes[0](f, zero, chunk)
         except RuntimeError:  # an op without this mode's derivative formula or batching rule: the other mode
-            w = second(f, chunk_size=chunk)(zero)
+            w = modes[1](f, zero, chunk)
         with torch.no_grad():
             b = f(zero)
             probe = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -199,6 +199,18 @@ def affine_map(gm: fx.GraphModule, region: Region, in_shape, out_numel: int) -> 
     if (want - got).abs().max().item() > 1e-9 * scale:
         raise ValueError(f"the region is not affine: f(v) and W v + B differ by {(want - got).abs().max().item():.3g}")
     return w.detach(), b.detach()
+
+
+def _reverse(f, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """W by vector-Jacobian products, `chunk` rows at a time."""
+    return torch.func.jacrev(f, chunk_size=chunk)(x)
+
+
+def _forward(f, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """W by Jacobian-vector products, `chunk` columns at a time (torch.func.jacfwd takes no chunk size)."""
+    basis = torch.eye(x.numel(), dtype=x.dtype)
+    jvp = torch.func.vmap(lambda v: torch.func.jvp(f, (x,), (v,))[1])
+    return torch.cat([jvp(basis[i:i + chunk]) for i in range(0, x.numel(), chunk)]).t()
 
 
 MAX_SWEEPS = 32  # folds that unlock further folds (a part, then the region around it) within one pass
