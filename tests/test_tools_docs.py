@@ -140,3 +140,20 @@ def test_onnx_zoo_page_counts_the_goal_and_names_each_miss(tmp_path):
     assert "1 of 2 timed no slower than onnxsim's file beyond the A/A band (+-0.02); 1 within twice" in page
     assert "- c:ts: boom" in page and "- b:dy: 32 ops, onnxsim 31" in page and "- b:dy: 0.91x onnxsim's speed" in page
     assert "| a | ts | 50 | 31 | 30 | - | 1.0e-07 | LayerNormalization |" in page
+
+
+def test_zoo_seeds_page_counts_bases_and_refusals(tmp_path):
+    import zoo_seeds
+
+    ok = {"status": "verified", "basis": "tolerance", "error": 1e-6, "seconds": 3.0}
+    noisy = {"status": "verified", "basis": "float32 noise", "error": 0.07, "seconds": 5.0,
+             "wrong_fold": "refused: verification failed"}
+    results = {"meta": {"machine": "test", "versions": {"torch": "x"}, "date": "2026-12-03"}, "models": {
+        "ghostnetv3_050": {"0": ok, "1": noisy},
+        "tv:resnet18": {"0": ok, "1": {"status": "refused", "message": "verification failed: 9", "seconds": 2.0}}}}
+    zoo_seeds.write_docs(results, str(tmp_path))
+    page = (tmp_path / "zoo_seeds.md").read_text()
+    assert "**3 of 4** (model, seed) runs verified, over 2 models and seeds 0, 1; 1 of them on the float32" in page
+    assert "refused at 1 of 1 seeds" in page and "covers 2 of the zoo's 77 models" in page
+    assert "Not verified: tv:resnet18 seed 1." in page
+    assert "| ghostnetv3_050 | 1e-06 | 0.07 (float32 noise) | 5 s |" in page
