@@ -140,7 +140,7 @@ def test_a_part_shared_by_many_regions_is_weighed_once(monkeypatch):
     monkeypatch.setattr(module, "merged_conv", lambda *a: calls.append(a[2]) or real(*a))
     model = randomize_batchnorm(_DenseBlock())
     check_pass(affine_folding, model, {}, x=torch.randn(2, 64, 8, 8), prep=PREP)
-    assert len(calls) == 2, calls  # once in each of check_pass's two runs
+    assert len(calls) == 1, calls  # once over check_pass's two runs: the second on the same graph recalls it
 
 
 def test_no_region_is_kept_because_evaluating_it_raised():
@@ -168,3 +168,26 @@ def test_a_widening_region_is_read_by_forward_mode(monkeypatch):
     monkeypatch.setattr(module, "_reverse", lambda *a: pytest.fail("reverse mode used for a widening region"))
     model = nn.Sequential(nn.Flatten(), nn.Linear(8, 64), nn.Linear(64, 128))
     check_pass(affine_folding, model, {"addmm": -1}, x=torch.randn(2, 8), prep=PREP)
+
+
+def test_a_regions_signature_sees_a_weight_changed_in_place_or_replaced():
+    """The verdicts kept across calls are keyed by it: new weights must not reuse an old verdict."""
+    import importlib
+
+    from foldpass.shapes import infer_shapes
+
+    module = importlib.import_module("foldpass.passes.affine_folding")
+    gm = constant_propagation(trace(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3)).eval(),
+                                    (torch.randn(2, 1, 8, 8),))).module
+    shapes = infer_shapes(gm)
+    (region,) = find_linear_regions(gm, shapes)
+    before = module.signature(region, shapes)
+    assert module.signature(region, shapes) == before
+    weight = next(p for p in gm.parameters() if p.dim() == 4)
+    with torch.no_grad():
+        weight.mul_(2)
+    changed = module.signature(region, shapes)
+    assert changed != before
+    owner, _, name = next(n for n in gm.graph.nodes if n.op == "get_attr").target.rpartition(".")
+    setattr(gm.get_submodule(owner), name, nn.Parameter(torch.randn_like(getattr(gm.get_submodule(owner), name))))
+    assert module.signature(region, shapes) != changed

@@ -26,6 +26,7 @@ convs 144 -> 24 -> 144 compose to a larger 144 -> 144 conv: they are kept.
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -213,6 +214,22 @@ def _forward(f, x: torch.Tensor, chunk: int) -> torch.Tensor:
     return torch.cat([jvp(basis[i:i + chunk]) for i in range(0, x.numel(), chunk)]).t()
 
 
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def signature(region: Region, shapes: dict[fx.Node, ShapeInfo]) -> tuple:
+    """What the cost model's verdict on a region depends on: its nodes with their ops, arguments and
+    readers (a fold elsewhere that reads into the region changes it), the constants it reads (their
+    tensors and in-place versions: new weights under an old name count), its inputs and their shapes."""
+    def constants(n: fx.Node) -> tuple:
+        values = (attr(gm, a.target) for a in n.all_input_nodes if a.op == "get_attr")
+        return tuple((id(v), v._version) if isinstance(v, torch.Tensor) else id(v) for v in values)
+
+    gm = region.output.graph.owning_module
+    nodes = tuple((n, n.target, str(n.args), str(n.kwargs), tuple(n.users), constants(n)) for n in region.nodes)
+    return nodes, tuple(region.inputs), tuple(shapes[x].shapes if x in shapes else None for x in region.inputs)
+
+
 MAX_SWEEPS = 32  # folds that unlock further folds (a part, then the region around it) within one pass
 
 
@@ -220,7 +237,9 @@ def affine_folding(gm: fx.GraphModule, max_fold_bytes: int = DEFAULT_MAX_FOLD_BY
     """Replaces each linear region by the one Gemm or conv the cost model prefers, sweep after
     sweep until a sweep folds nothing (regions found again after every sweep that changed the graph)."""
     notes = Notes(NAME)
-    memo: dict[tuple, str] = {}  # a region's nodes -> why it was kept: the same region is not weighed twice
+    # a region's signature -> why it was kept: the same region is not weighed twice, in this sweep,
+    # the next, or the next round's call (kept per graph and option, for as long as the graph lives)
+    memo: dict[tuple, str] = _MEMO.setdefault(gm, {}).setdefault(max_fold_bytes, {})
     folded = 0
     for _ in range(MAX_SWEEPS):
         declined = Notes(NAME)
@@ -243,7 +262,7 @@ def _sweep(gm, shapes, max_fold_bytes: int, notes: Notes, declined: Notes, memo:
     for region in find_linear_regions(gm, shapes):
         if touched & set(region.nodes):
             continue
-        key = (tuple(region.nodes), tuple(region.inputs))
+        key = signature(region, shapes)
         option = memo.get(key) or _choose(gm, region, shapes, max_fold_bytes)
         if isinstance(option, str):
             parts, tried = (0, 0) if option.startswith("already a single") or key in memo else \
@@ -280,7 +299,7 @@ def _fold_parts(gm, region: Region, shapes, max_fold_bytes: int, notes: Notes,
         if used & set(part.nodes):
             continue
         part.inputs = [replaced.get(part.inputs[0], part.inputs[0])]  # a part folded just now: read its fold
-        key = ("part", tuple(part.nodes), tuple(part.inputs))
+        key = ("part", *signature(part, shapes))
         option = memo.get(key) or _choose(gm, part, shapes, max_fold_bytes)
         if isinstance(option, str):
             memo[key] = option
