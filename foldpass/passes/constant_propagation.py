@@ -6,7 +6,7 @@ A node is constant when every tensor it reads is a parameter, buffer or an earli
 (`1 - t`, `t / 3`, `permute(fc.weight)`, `w[1]`). Only the frontier is materialized -- constants
 that a data-dependent node reads -- and each is evaluated exactly as the runtime would have
 (same op, same dtype), so the result is bit-for-bit what the original computed.
-A constant that would be larger than the weights it is computed from (an `expand`) is left as is,
+A constant that would be larger than the tensors it is computed from (an `expand`) is left as is,
 unless it is built by a tensor-creating op (`zeros`, `full`, `arange`, an ONNX node passed through)
 and is at most GENERATED_LIMIT elements: a mask built from sizes (`zeros`, slices, `masked_fill`:
 Swin's shifted-window mask), which the runtime would otherwise rebuild on every call.
@@ -89,10 +89,13 @@ def constant_propagation(gm: fx.GraphModule) -> PassResult:
             continue  # tuples (a getitem will fold) or Python numbers (already literals downstream)
         above = ancestors(node)
         leaves = [attr(gm, n.target) for n in above if n.op == "get_attr"]
-        sources = sum(t.numel() for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point())
+        # every tensor it reads counts, integer ones too: efficientvit's per-head attention bias is a
+        # gather of 64 biases by a 256-entry index; materialized, it replaces both (counting the
+        # floating weights alone kept 24 gathers and adds in the file)
+        sources = sum(t.numel() for t in leaves if isinstance(t, torch.Tensor))
         generated = value.numel() <= GENERATED_LIMIT and _builds_a_tensor((node, *above))
         if value.numel() > max(sources, 1) and not generated:
-            notes.declined(f"kept {node.name}: its value ({value.numel()} elements) is larger than the weights it "
+            notes.declined(f"kept {node.name}: its value ({value.numel()} elements) is larger than the tensors it "
                            f"reads ({sources}); materializing it would grow the model", node.name)
             continue
         new = add_constant(gm, value, "const", before=node)
