@@ -97,7 +97,8 @@ def write_docs(results: dict, docs: str = DOCS) -> None:
         "but is within twice the model's own float32 rounding at that input (how far torch's export of the unchanged "
         "model, or the model in float32 against float64, is off), plus the tolerance "
         "(issue 28: the difference is float32 arithmetic's, not a fold's). Re-run: "
-        "`python tools/zoo_seeds.py` (resumable).",
+        "`python tools/zoo_seeds.py` (resumable). Times are each run's wall time, with `--jobs` runs sharing "
+        "the cores (this page: two), so they are longer than docs/zoo.md's.",
         "",
         f"**{len(verified)} of {len(runs)}** (model, seed) runs verified, over {len(rows)} models and seeds "
         f"{', '.join(map(str, seeds))}; {len(allowed)} of them on the float32-noise basis.",
@@ -177,7 +178,8 @@ def main() -> None:
                 store.save(results)
                 print(f"{name} seed {seed}: {entry.get('status')} {entry.get('basis', '')} "
                       f"{entry.get('message', entry.get('error', ''))} {entry.get('wrong_fold', '')}", flush=True)
-        results["models"] = {name: results["models"][name] for name in sorted(results["models"], key=_order(names))}
+        zoo_order = [*TIMM, *(f"tv:{n}" for n in torchvision_names())]
+        results["models"] = {name: results["models"][name] for name in sorted(results["models"], key=_order(zoo_order))}
     store.publish(results)
     write_docs(results)
 
