@@ -23,6 +23,14 @@ from foldpass.homotopy.training import train
 FAST = dict(timing=(1, 0.01), batches=(1, 4))  # latency measured once, briefly: these tests check the logic
 
 
+@pytest.fixture
+def steady(monkeypatch):
+    """Every candidate 1.5x its current file: a test of the loop's logic must not hang on a 0.01 s timing
+    round (one judged 'exact' slower than the export on CI's 2 cores, and the test failed)."""
+    monkeypatch.setattr(run_module, "latency", lambda o, cur, cand, batches, *_: run_module.Latency(
+        {b: 1.0 for b in batches}, {b: 1.5 for b in batches}, {b: 1.5 for b in batches}))
+
+
 class TinyResNet(nn.Module):
     """One residual block with a 1 x 1 projection shortcut: what de-skip removes."""
 
@@ -128,19 +136,17 @@ def ruin_step(monkeypatch):
     return "ruin"
 
 
-def test_a_step_over_budget_is_reverted_and_retried_milder(trained, ruin_step):
+def test_a_step_over_budget_is_reverted_and_retried_milder(trained, ruin_step, steady):
     result = foldpass.compress(trained, splits(), steps=("exact", "ruin"), max_drop=1.0, epochs=0, **FAST)
     rows = [(r.step, r.option, r.status) for r in result.rows]
     assert rows[:2] == [("original", "", "original"), ("exact", "", "kept")]
     assert rows[2] == ("ruin", "ruin", "reverted") and "over budget" in result.rows[2].why
-    assert rows[3][:2] == ("ruin", "same") and rows[3][2] in ("reverted", "kept")  # measured, not assumed
-    if rows[3][2] == "reverted":
-        assert "faster" in result.rows[3].why or "slower" in result.rows[3].why
+    assert rows[3] == ("ruin", "same", "kept")  # within the budget, and (steady) faster
     assert result.final.selection_acc >= result.original.selection_acc - 0.01
     assert result.verification and result.verification["max_abs_error"] <= result.verification["tolerance"]
 
 
-def test_the_test_split_is_read_only_after_every_choice(trained):
+def test_the_test_split_is_read_only_after_every_choice(trained, steady):
     events = []
 
     class Watched(Dataset):
@@ -162,7 +168,7 @@ def test_the_test_split_is_read_only_after_every_choice(trained):
     assert result.original.test_acc is not None and result.final.test_acc is not None
 
 
-def test_resume_continues_after_the_last_finished_step(trained, ruin_step, monkeypatch, tmp_path):
+def test_resume_continues_after_the_last_finished_step(trained, ruin_step, monkeypatch, tmp_path, steady):
     ckpt = str(tmp_path / "ckpt")
 
     def interrupted(job, state, option):
@@ -250,7 +256,7 @@ def colour():
 """
 
 
-def test_a_colour_folder_network_goes_through_the_whole_command(tmp_path, monkeypatch, capsys):
+def test_a_colour_folder_network_goes_through_the_whole_command(tmp_path, monkeypatch, capsys, steady):
     from test_data import image_folder
 
     (tmp_path / "colour_models.py").write_text(BUILDER)
@@ -261,10 +267,6 @@ def test_a_colour_folder_network_goes_through_the_whole_command(tmp_path, monkey
 
     torch.save(colour_models.colour().state_dict(), weights)
     out, report = tmp_path / "fast.onnx", tmp_path / "r.json"
-    # this test checks the command, not the timing: every candidate is 1.5x its current file (a measured
-    # round of 0.01 s judged 'exact' slower now and then on a busy machine, and the test failed)
-    monkeypatch.setattr(run_module, "latency", lambda o, cur, cand, batches, *_: run_module.Latency(
-        {b: 1.0 for b in batches}, {b: 1.5 for b in batches}, {b: 1.5 for b in batches}))
     assert main(["compress", "colour_models:colour", "--weights", str(weights), "--data", f"folder:{root}",
                  "-o", str(out), "--report", str(report), "--steps", "exact,prune,int8", "--epochs", "1",
                  "--batch", "1,4"]) == 0
