@@ -36,6 +36,12 @@ def same_shape(a: tuple | None, b: tuple | None) -> bool:
         return False
 
 
+def node_key(n: fx.Node) -> tuple:
+    """A node as its op, target and arguments (the nodes it reads by name): equal keys, the same
+    computation on the same values. The analyses cached until the graph changes compare these."""
+    return n, n.op, n.target, str(n.args), str(n.kwargs)
+
+
 def ancestors(node: fx.Node, within: Callable[[fx.Node], bool] | None = None) -> set[fx.Node]:
     """`node` and every node it reads, transitively (only through nodes `within` accepts, if given)."""
     seen: set[fx.Node] = set()

@@ -98,11 +98,11 @@ _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def fingerprint(gm: fx.GraphModule) -> list:
     """What the shapes depend on: every node with its op, target and arguments, every constant's
     shape and dtype, the example inputs' and the batch sizes. Equal fingerprints, equal shapes."""
-    from .graph import attr
+    from .graph import attr, node_key
 
     nodes = []
     for n in gm.graph.nodes:
-        entry = (n, n.op, n.target, str(n.args), str(n.kwargs))
+        entry = node_key(n)
         if n.op == "get_attr":
             value = attr(gm, n.target)
             entry += (tuple(value.shape), value.dtype) if isinstance(value, torch.Tensor) else (type(value),)

@@ -48,6 +48,20 @@ def torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+def chosen(which: str, only: list[str] | None) -> list[str]:
+    """The models a run measures: `only`, else timm's families and / or torchvision's classifiers, in the
+    zoo's order (torchvision's still to be filtered by `too_large` where the user did not name them)."""
+    names = only or ([*TIMM] if which in ("timm", "all") else [])
+    if not only and which in ("torchvision", "all"):
+        names += [f"tv:{n}" for n in torchvision_names()]
+    return names
+
+
+def too_large(name: str) -> bool:
+    """A torchvision model over the zoo's 100M parameters (built to count them)."""
+    return name.startswith("tv:") and sum(p.numel() for p in build(name).parameters()) > MAX_TORCHVISION_PARAMS
+
+
 def build(name: str, seed: int = 0):
     import torch
 
@@ -221,18 +235,14 @@ def main() -> None:
         from foldpass.about import versions
         from foldpass.benchmark import environment
 
-        names = args.only or ([*TIMM] if args.set in ("timm", "all") else [])
-        if not args.only and args.set in ("torchvision", "all"):
-            names += [f"tv:{n}" for n in torchvision_names()]
+        names = chosen(args.set, args.only)
         results["meta"] = {"versions": versions(), "machine": "{cpu}, {cores} cores".format(**environment("cpu")),
                            "date": datetime.date.today().isoformat(), "torch": torch.__version__}
         for name in names:
             if name in results["models"] and name not in args.redo and "all" not in args.redo:
                 continue
-            if name.startswith("tv:") and not args.only:
-                params = sum(p.numel() for p in build(name).parameters())
-                if params > MAX_TORCHVISION_PARAMS:
-                    continue
+            if not args.only and too_large(name):
+                continue
             print(f"== {name}", flush=True)
             entry = run_one(name, args)
             results["models"][name] = entry

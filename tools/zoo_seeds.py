@@ -28,7 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from zoo import DOCS, MAX_TORCHVISION_PARAMS, ROOT, TIMM, build, torchvision_names
+from zoo import DOCS, ROOT, build, chosen, too_large
 
 WRONG_FOLD_MODEL = "ghostnetv3_050"
 
@@ -161,14 +161,15 @@ def main() -> None:
         from foldpass.about import versions
         from foldpass.benchmark import environment
 
-        names = args.only or ([*TIMM] if args.set in ("timm", "all") else [])
-        if not args.only and args.set in ("torchvision", "all"):
-            names += [f"tv:{n}" for n in torchvision_names()
-                      if sum(p.numel() for p in build(f"tv:{n}").parameters()) <= MAX_TORCHVISION_PARAMS]
+        names = chosen(args.set, args.only)
         results["meta"] = {"versions": versions(), "machine": "{cpu}, {cores} cores".format(**environment("cpu")),
                            "date": datetime.date.today().isoformat(), "torch": torch.__version__}
-        todo = [(name, seed) for name in names for seed in (int(s) for s in args.seeds.split(","))
-                if str(seed) not in results["models"].get(name, {})]
+        todo = []
+        for name in names:  # a model over 100M parameters is built only if it still has a seed to run
+            seeds = [seed for seed in (int(s) for s in args.seeds.split(","))
+                     if str(seed) not in results["models"].get(name, {})]
+            if seeds and (args.only or not too_large(name)):
+                todo += [(name, seed) for seed in seeds]
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             runs = {pool.submit(run_measurement, [sys.executable, __file__, "--one", name, str(seed)], args.timeout):
                     (name, seed) for name, seed in todo}
@@ -178,7 +179,7 @@ def main() -> None:
                 store.save(results)
                 print(f"{name} seed {seed}: {entry.get('status')} {entry.get('basis', '')} "
                       f"{entry.get('message', entry.get('error', ''))} {entry.get('wrong_fold', '')}", flush=True)
-        zoo_order = [*TIMM, *(f"tv:{n}" for n in torchvision_names())]
+        zoo_order = chosen("all", None)
         results["models"] = {name: results["models"][name] for name in sorted(results["models"], key=_order(zoo_order))}
     store.publish(results)
     write_docs(results)

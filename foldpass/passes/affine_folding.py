@@ -35,7 +35,7 @@ import torch.fx as fx
 from ..cost import gemm_macs
 from ..defaults import DEFAULT_MAX_FOLD_BYTES
 from ..errors import first_line
-from ..graph import add_constant, attr, drop_unused_attrs
+from ..graph import add_constant, attr, drop_unused_attrs, node_key
 from ..provenance import label, record, span
 from ..rules.conv_merging import MergedConv, merged_conv, region_window
 from ..shapes import ShapeInfo, infer_shapes
@@ -226,7 +226,7 @@ def signature(region: Region, shapes: dict[fx.Node, ShapeInfo]) -> tuple:
         return tuple((id(v), v._version) if isinstance(v, torch.Tensor) else id(v) for v in values)
 
     gm = region.output.graph.owning_module
-    nodes = tuple((n, n.target, str(n.args), str(n.kwargs), tuple(n.users), constants(n)) for n in region.nodes)
+    nodes = tuple((*node_key(n), tuple(n.users), constants(n)) for n in region.nodes)
     return nodes, tuple(region.inputs), tuple(shapes[x].shapes if x in shapes else None for x in region.inputs)
 
 
