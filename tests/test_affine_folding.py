@@ -10,8 +10,8 @@ import models
 from conftest import check_pass
 from foldpass import trace
 from models import randomize_batchnorm
-from foldpass.passes import (affine_folding, batchnorm_folding, constant_propagation, find_linear_regions,
-                             linear_region_detection)
+from foldpass.passes import (PassContext, affine_folding, batchnorm_folding, constant_propagation,
+                             find_linear_regions, linear_region_detection)
 
 PREP = (lambda gm: constant_propagation(gm),)
 
@@ -33,7 +33,7 @@ def test_relu_stops_a_region():
 
 def test_region_over_the_memory_cap_is_kept():
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.Linear(64, 10))
-    result = check_pass(affine_folding, model, {}, prep=PREP, max_fold_bytes=1000)
+    result = check_pass(affine_folding, model, {}, prep=PREP, ctx=PassContext(max_fold_bytes=1000))
     assert any("max_fold_bytes" in n.message for n in result.notes)
 
 
@@ -139,8 +139,8 @@ def test_a_part_shared_by_many_regions_is_weighed_once(monkeypatch):
     real = module.merged_conv
     monkeypatch.setattr(module, "merged_conv", lambda *a: calls.append(a[2]) or real(*a))
     model = randomize_batchnorm(_DenseBlock())
-    check_pass(affine_folding, model, {}, x=torch.randn(2, 64, 8, 8), prep=PREP)
-    assert len(calls) == 1, calls  # once over check_pass's two runs: the second on the same graph recalls it
+    check_pass(affine_folding, model, {}, x=torch.randn(2, 64, 8, 8), prep=PREP, ctx=PassContext())
+    assert len(calls) == 1, calls  # once over check_pass's two runs: the second, on the same graph and context, recalls it
 
 
 def test_no_region_is_kept_because_evaluating_it_raised():

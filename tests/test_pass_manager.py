@@ -7,7 +7,7 @@ from torch import nn
 import foldpass
 import models
 from foldpass import InputError, PassError, PassResult, trace
-from foldpass.passes import PIPELINES, run_pipeline
+from foldpass.passes import PIPELINES, PassContext, constant_propagation, linear_region_detection, run_pipeline
 
 
 def _gm():
@@ -24,7 +24,7 @@ def test_unknown_pipeline_lists_the_valid_names():
 
 
 def test_a_failing_pass_is_named():
-    def broken_pass(gm):
+    def broken_pass(gm, ctx):
         raise RuntimeError("boom")
 
     with pytest.raises(PassError, match="pass 'broken_pass' failed: RuntimeError: boom"):
@@ -32,7 +32,7 @@ def test_a_failing_pass_is_named():
 
 
 def test_a_pass_that_breaks_the_graph_is_caught_by_lint():
-    def dangling_pass(gm):
+    def dangling_pass(gm, ctx):
         out = next(n for n in gm.graph.nodes if n.op == "output")
         gm.graph.erase_node(out)  # a graph without output fails lint
         return PassResult(gm, True, [])
@@ -44,7 +44,7 @@ def test_a_pass_that_breaks_the_graph_is_caught_by_lint():
 def test_fixed_point_stops_when_nothing_changes():
     calls = []
 
-    def changes_twice(gm):
+    def changes_twice(gm, ctx):
         calls.append(1)
         return PassResult(gm, len(calls) <= 2, [])
 
@@ -92,3 +92,61 @@ def test_shapes_are_an_analysis_cached_until_the_graph_changes(monkeypatch):
         owner, _, name = arg.target.rpartition(".")
         setattr(gm.get_submodule(owner), name, nn.Parameter(torch.randn(shape)))
     assert shapes_module.infer_shapes(gm)[out].sample_shape == (3, 8, 8) and len(runs) == 3
+
+
+def test_an_analysis_is_computed_once_until_the_graph_changes():
+    gm = trace(models.CNN3(width=4, t=0.0).eval(), (torch.randn(2, 1, 28, 28),))
+    ctx = PassContext(check=True)
+    first = ctx.constants(gm)
+    assert ctx.constants(gm) is first and ctx.computed["constants"] == 1  # served from the cache
+    ctx.regions(gm), ctx.regions(gm)
+    assert ctx.computed == {"constants": 1, "regions": 1, "shapes": 1}  # regions read the cached constants
+    run_pipeline(gm, (constant_propagation,), context=ctx)  # `1 - t` becomes a constant: the graph changed
+    assert ctx.constants(gm) is not first and ctx.computed["constants"] >= 2
+
+
+def test_a_pass_that_changes_the_graph_without_saying_so_is_caught_by_a_checking_context():
+    def silent_pass(gm, ctx):
+        ctx.constants(gm)
+        gm.graph.eliminate_dead_code()
+        relu = next(n for n in gm.graph.nodes if n.op == "call_function")
+        with gm.graph.inserting_after(relu):
+            neg = gm.graph.call_function(torch.ops.aten.neg.default, (relu,))
+        relu.replace_all_uses_with(neg, delete_user_cb=lambda u: u is not neg)
+        return PassResult(gm, False, [])  # it did change the graph
+
+    with pytest.raises(PassError, match="silent_pass.*changed the graph without reporting it"):
+        run_pipeline(_gm(), (silent_pass, silent_pass), context=PassContext(check=True))
+
+
+@pytest.mark.parametrize("net", ["cnn3_blend", "resnet18", "repnet"])
+def test_no_pass_of_the_default_pipeline_is_served_a_stale_analysis(net):
+    from multibranch import RepNet
+
+    model = {"cnn3_blend": lambda: models.CNN3(width=4, t=0.0), "resnet18": lambda: models.resnet18(width=4),
+             "repnet": lambda: RepNet(width=8)}[net]()
+    gm = trace(models.randomize_batchnorm(model).eval(), (torch.randn(2, 1, 28, 28),))
+    result = run_pipeline(gm, "default", context=PassContext(check=True))
+    assert result.notes and result.fixed_point
+
+
+def test_region_detection_is_an_analysis_reported_after_the_passes_not_a_pass_in_the_loop():
+    assert linear_region_detection not in PIPELINES["default"]
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU()).eval()
+    result = run_pipeline(trace(model, (torch.randn(2, 1, 28, 28),)), "default")
+    assert [n.action for n in result.notes if n.pass_name == "linear_region_detection"] == ["info", "info"]
+    ctx = result.context
+    computed = ctx.computed["regions"]
+    linear_region_detection(result.module, ctx)  # the last round's regions, from the cache
+    assert ctx.computed["regions"] == computed
+    skips = run_pipeline(trace(model, (torch.randn(2, 1, 28, 28),)), "skips-only")
+    assert not any(n.pass_name == "linear_region_detection" for n in skips.notes)
+
+
+def test_pass_options_come_through_the_context():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.Linear(64, 10)).eval()
+    capped = run_pipeline(trace(model, (torch.randn(2, 1, 28, 28),)), "default", max_fold_bytes=1000)
+    assert capped.context.max_fold_bytes == 1000
+    assert any("max_fold_bytes" in n.message for n in capped.notes)
+    folded = run_pipeline(trace(model, (torch.randn(2, 1, 28, 28),)), "default")
+    assert not any("max_fold_bytes" in n.message for n in folded.notes)

@@ -231,7 +231,7 @@ def plan(gm: fx.GraphModule, method: str, rank, notes: Notes | None = None) -> l
     return planned
 
 
-def low_rank_decomposition(gm: fx.GraphModule, method: str = "tucker", rank="auto",
+def low_rank_decomposition(gm: fx.GraphModule, ctx=None, *, method: str = "tucker", rank="auto",
                            report: list[LayerReport] | None = None) -> PassResult:
     """Replaces each k x k conv whose factorized chain costs fewer MACs by that chain."""
     notes = Notes(NAME)

@@ -1,4 +1,4 @@
-"""foldpass's passes: one file each, every one a function GraphModule -> PassResult."""
+"""foldpass's passes: one file each, every one a function (GraphModule, PassContext) -> PassResult."""
 
 from .affine_folding import affine_folding
 from .base import Note, PassResult
@@ -7,6 +7,7 @@ from .batched_matmul import batched_matmul
 from .broadcast_matmul import broadcast_matmul
 from .concat_chains import concat_chains
 from .constant_propagation import constant_propagation
+from .context import PassContext
 from .linear_matmul import linear_matmul
 from .linear_regions import find_linear_regions, linear_region_detection
 from .manager import PIPELINES, PipelineResult, get_pipeline, run_pipeline
@@ -15,7 +16,7 @@ from .scale_folding import scale_folding
 from .zero_skip_elimination import zero_skip_elimination
 
 __all__ = [
-    "PIPELINES", "Note", "PassResult", "PipelineResult", "affine_folding", "batched_matmul", "batchnorm_folding",
+    "PIPELINES", "Note", "PassContext", "PassResult", "PipelineResult", "affine_folding", "batched_matmul", "batchnorm_folding",
     "broadcast_matmul", "concat_chains",
     "constant_propagation", "find_linear_regions", "get_pipeline", "linear_matmul", "linear_region_detection",
     "reshape_chains", "run_pipeline", "scale_folding", "zero_skip_elimination",

@@ -26,22 +26,21 @@ convs 144 -> 24 -> 144 compose to a larger 144 -> 144 conv: they are kept.
 from __future__ import annotations
 
 import warnings
-import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 
 from ..cost import gemm_macs
-from ..defaults import DEFAULT_MAX_FOLD_BYTES
 from ..errors import first_line
 from ..graph import add_constant, attr, drop_unused_attrs, node_key
 from ..provenance import label, record, span
 from ..rules.conv_merging import MergedConv, merged_conv, region_window
-from ..shapes import ShapeInfo, infer_shapes
+from ..shapes import ShapeInfo
 from .base import Notes, PassResult
 from .constant_propagation import _materialize
-from .linear_regions import Region, find_linear_regions, sub_regions
+from .context import PassContext
+from .linear_regions import Region, sub_regions
 
 NAME = "affine_folding"
 aten = torch.ops.aten
@@ -214,9 +213,6 @@ def _forward(f, x: torch.Tensor, chunk: int) -> torch.Tensor:
     return torch.cat([jvp(basis[i:i + chunk]) for i in range(0, x.numel(), chunk)]).t()
 
 
-_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def signature(region: Region, shapes: dict[fx.Node, ShapeInfo]) -> tuple:
     """What the cost model's verdict on a region depends on: its nodes with their ops, arguments and
     readers (a fold elsewhere that reads into the region changes it), the constants it reads (their
@@ -233,20 +229,22 @@ def signature(region: Region, shapes: dict[fx.Node, ShapeInfo]) -> tuple:
 MAX_SWEEPS = 32  # folds that unlock further folds (a part, then the region around it) within one pass
 
 
-def affine_folding(gm: fx.GraphModule, max_fold_bytes: int = DEFAULT_MAX_FOLD_BYTES) -> PassResult:
+def affine_folding(gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
     """Replaces each linear region by the one Gemm or conv the cost model prefers, sweep after
     sweep until a sweep folds nothing (regions found again after every sweep that changed the graph)."""
+    ctx = ctx or PassContext()
     notes = Notes(NAME)
     # a region's signature -> why it was kept: the same region is not weighed twice, in this sweep,
-    # the next, or the next round's call (kept per graph and option, for as long as the graph lives)
-    memo: dict[tuple, str] = _MEMO.setdefault(gm, {}).setdefault(max_fold_bytes, {})
+    # the next, or the next round's call (kept in the context, per graph)
+    memo: dict[tuple, str] = ctx.store(gm, NAME)
     folded = 0
     for _ in range(MAX_SWEEPS):
         declined = Notes(NAME)
-        count = _sweep(gm, infer_shapes(gm), max_fold_bytes, notes, declined, memo)
+        count = _sweep(gm, ctx, notes, declined, memo)
         folded += count
         if count:
             gm.graph.eliminate_dead_code()
+            ctx.invalidate(gm)
         else:
             break
     notes.extend(declined)
@@ -255,18 +253,19 @@ def affine_folding(gm: fx.GraphModule, max_fold_bytes: int = DEFAULT_MAX_FOLD_BY
     return PassResult(gm, folded > 0, notes)
 
 
-def _sweep(gm, shapes, max_fold_bytes: int, notes: Notes, declined: Notes, memo: dict) -> int:
+def _sweep(gm, ctx: PassContext, notes: Notes, declined: Notes, memo: dict) -> int:
     """One pass over the regions: folds what the cost model takes; the rest goes to `declined`."""
     folded = 0
+    shapes, const, max_fold_bytes = ctx.shapes(gm), ctx.constants(gm), ctx.max_fold_bytes
     touched: set[fx.Node] = set()  # values a fold replaced: regions through them wait for the next sweep
-    for region in find_linear_regions(gm, shapes):
+    for region in ctx.regions(gm):
         if touched & set(region.nodes):
             continue
         key = signature(region, shapes)
         option = memo.get(key) or _choose(gm, region, shapes, max_fold_bytes)
         if isinstance(option, str):
             parts, tried = (0, 0) if option.startswith("already a single") or key in memo else \
-                _fold_parts(gm, region, shapes, max_fold_bytes, notes, touched, memo)
+                _fold_parts(gm, region, shapes, const, max_fold_bytes, notes, touched, memo)
             folded += parts
             if not parts:
                 memo[key] = option = option + (f"; none of its {tried} single-input parts folds for less" if tried else "")
@@ -286,7 +285,7 @@ def _choose(gm, region: Region, shapes, max_fold_bytes: int) -> Option | str:
         return f"evaluating it failed ({type(exc).__name__}: {exc})"  # anything else is a bug: the pass fails
 
 
-def _fold_parts(gm, region: Region, shapes, max_fold_bytes: int, notes: Notes,
+def _fold_parts(gm, region: Region, shapes, const: set[fx.Node], max_fold_bytes: int, notes: Notes,
                 used: set[fx.Node], memo: dict) -> tuple[int, int]:
     """Folds the largest single-input parts of a region that cannot fold whole, none overlapping
     (`used` collects the values they replaced); (parts folded, parts weighed). A part kept is
@@ -294,7 +293,7 @@ def _fold_parts(gm, region: Region, shapes, max_fold_bytes: int, notes: Notes,
     pool lie in every region of the next block that reads it), and each is weighed once."""
     replaced: dict[fx.Node, fx.Node] = {}
     count = 0
-    parts = sub_regions(gm, region, shapes)
+    parts = sub_regions(gm, region, shapes, const=const)
     for part in parts:
         if used & set(part.nodes):
             continue

@@ -20,6 +20,7 @@ import torch.fx as fx
 
 from ..graph import VIEW_OPS, same_shape, shape_of
 from .base import Notes, PassResult
+from .context import PassContext
 
 NAME = "batched_matmul"
 aten = torch.ops.aten
@@ -47,7 +48,7 @@ def _operand(node, lead: tuple) -> fx.Node | None:
     return src
 
 
-def batched_matmul(gm: fx.GraphModule) -> PassResult:
+def batched_matmul(gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
     """Rewrites flatten + bmm + unflatten as one matmul over the leading dims."""
     notes = Notes(NAME)
     rewritten = 0

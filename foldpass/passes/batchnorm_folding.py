@@ -30,6 +30,7 @@ from ..graph import VIEW_OPS, add_constant, constant_value, drop_unused_attrs, s
 from ..rules.batchnorm_forward import channel_paths, fold_forward, weight_of
 from ..provenance import joined, label, module_path, module_type, record
 from .base import Notes, PassResult
+from .context import PassContext
 
 NAME = "batchnorm_folding"
 aten = torch.ops.aten
@@ -127,7 +128,7 @@ def _described(node: fx.Node) -> str:
     return f"{module_path(node)} ({module_type(node)})" if module_path(node) else node.name
 
 
-def batchnorm_folding(gm: fx.GraphModule) -> PassResult:
+def batchnorm_folding(gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
     """Replaces an eval-mode BN after a conv or linear by rescaled weights of that conv / linear."""
     notes = Notes(NAME)
     folded = 0

@@ -18,7 +18,7 @@ import torch.fx as fx
 
 from ..graph import VIEW_OPS, drop_unused_attrs, shape_of
 from .base import Notes, PassResult
-from .constant_propagation import constant_nodes
+from .context import PassContext
 
 NAME = "broadcast_matmul"
 aten = torch.ops.aten
@@ -51,10 +51,10 @@ def _match(node: fx.Node, const: set[fx.Node]) -> str | tuple[fx.Node, fx.Node] 
     return x, w
 
 
-def broadcast_matmul(gm: fx.GraphModule) -> PassResult:
+def broadcast_matmul(gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
     """Replaces bmm over an expanded constant weight by one matmul (see the module docstring)."""
     notes = Notes(NAME)
-    const = constant_nodes(gm)
+    const = (ctx or PassContext()).constants(gm)
     rewritten = 0
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not aten.bmm.default:

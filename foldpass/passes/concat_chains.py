@@ -14,6 +14,7 @@ import torch.fx as fx
 
 from ..graph import shape_of
 from .base import Notes, PassResult
+from .context import PassContext
 
 NAME = "concat_chains"
 aten = torch.ops.aten
@@ -28,7 +29,7 @@ def _axis(node: fx.Node) -> int | None:
     return dim + len(shape) if shape is not None else None
 
 
-def concat_chains(gm: fx.GraphModule) -> PassResult:
+def concat_chains(gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
     """Joins each cat read only by a cat on the same axis into that cat (see the module docstring)."""
     notes = Notes(NAME)
     joined = 0

@@ -21,6 +21,7 @@ import torch.fx as fx
 
 from ..graph import add_constant, ancestors, attr, drop_unused_attrs
 from .base import Notes, PassResult
+from .context import PassContext
 
 NAME = "constant_propagation"
 GENERATED_LIMIT = 2**18  # elements (1 MiB in float32)
@@ -75,10 +76,10 @@ def _materialize(gm: fx.GraphModule, node: fx.Node, env: dict[fx.Node, object]) 
     return env[node]
 
 
-def constant_propagation(gm: fx.GraphModule) -> PassResult:
+def constant_propagation(gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
     """Replaces every constant subexpression that data-dependent nodes read by one precomputed tensor."""
     notes = Notes(NAME)
-    const = constant_nodes(gm)
+    const = (ctx or PassContext()).constants(gm)
     env: dict[fx.Node, object] = {}
     folded: dict[str, int] = {}
     for node in list(gm.graph.nodes):

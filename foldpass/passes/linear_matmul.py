@@ -20,7 +20,7 @@ import torch.fx as fx
 
 from ..graph import VIEW_OPS, shape_of
 from .base import Notes, PassResult
-from .constant_propagation import constant_nodes
+from .context import PassContext
 
 NAME = "linear_matmul"
 aten = torch.ops.aten
@@ -46,10 +46,10 @@ def _match(node: fx.Node, const: set[fx.Node]) -> tuple[fx.Node, fx.Node, fx.Nod
     return x, w, bias
 
 
-def linear_matmul(gm: fx.GraphModule) -> PassResult:
+def linear_matmul(gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
     """Rewrites every token-wise linear's reshape + Gemm + reshape as matmul (+ add)."""
     notes = Notes(NAME)
-    const = constant_nodes(gm)
+    const = (ctx or PassContext()).constants(gm)
     rewritten = biased = 0
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in (aten.addmm.default, aten.mm.default):

@@ -14,7 +14,8 @@ whole; `sub_regions` then offers its single-input parts: for a value s of the re
 s cut at one value x it reads (x is then the input), when nothing outside reads its inner values.
 So a RepVGG-style block (conv3(x) + conv1(x) + x, then BN) that sits inside a larger region
 with a second input (a residual add from further up) still folds to one conv.
-This pass only reports regions; affine_folding decides which to fold.
+This is an analysis (context.py: `ctx.regions(gm)`), not a pass: it only finds regions, and
+affine_folding decides which to fold; `--explain` prints it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..graph import VIEW_OPS, ancestors, attr, op_name
 from ..shapes import ShapeInfo, infer_shapes
 from .base import Notes, PassResult
 from .constant_propagation import constant_nodes
+from .context import PassContext
 
 NAME = "linear_region_detection"
 aten = torch.ops.aten
@@ -137,18 +139,19 @@ def _is_affine(node: fx.Node, data: set[fx.Node], const: set[fx.Node], shapes: d
     return bool(data_pos) and set(data_pos) <= set(spec)
 
 
-def affine_values(gm: fx.GraphModule, shapes: dict[fx.Node, ShapeInfo]) -> set[fx.Node]:
+def affine_values(gm: fx.GraphModule, shapes: dict[fx.Node, ShapeInfo], const: set[fx.Node]) -> set[fx.Node]:
     """Every data-dependent value computed by an affine op of its data operands."""
-    const = constant_nodes(gm)
     data = {n for n in gm.graph.nodes if n.op != "output" and n not in const}
     return {n for n in gm.graph.nodes if n.op == "call_function" and n in data and _is_affine(n, data, const, shapes)}
 
 
-def find_linear_regions(gm: fx.GraphModule, shapes: dict[fx.Node, ShapeInfo] | None = None) -> list[Region]:
-    """The regions of gm with at least one op doing arithmetic, one per sink, in graph order."""
+def find_linear_regions(gm: fx.GraphModule, shapes: dict[fx.Node, ShapeInfo] | None = None,
+                        const: set[fx.Node] | None = None) -> list[Region]:
+    """The regions of gm with at least one op doing arithmetic, one per sink, in graph order
+    (passes read them from the context: `ctx.regions(gm)`, cached until the graph changes)."""
     shapes = shapes if shapes is not None else infer_shapes(gm)
-    affine = affine_values(gm, shapes)
-    const = constant_nodes(gm)
+    const = const if const is not None else constant_nodes(gm)
+    affine = affine_values(gm, shapes, const)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     regions = []
     for sink in gm.graph.nodes:
@@ -167,12 +170,12 @@ def find_linear_regions(gm: fx.GraphModule, shapes: dict[fx.Node, ShapeInfo] | N
 
 
 def sub_regions(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, ShapeInfo], max_nodes: int = 400,
-                max_cuts: int = 24) -> list[Region]:
+                max_cuts: int = 24, const: set[fx.Node] | None = None) -> list[Region]:
     """The single-input, unshared sub-regions of `region` with at least two ops, largest first
     (see the module docstring); none for a region over `max_nodes` values."""
     if len(region.nodes) > max_nodes:
         return []
-    const = constant_nodes(gm)
+    const = const if const is not None else constant_nodes(gm)
     members = set(region.nodes)
     order = {n: i for i, n in enumerate(region.nodes)}
     found: dict[frozenset, Region] = {frozenset(region.nodes): region}  # the whole is not a part
@@ -215,10 +218,11 @@ def _region_bytes(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, Shap
 _VIEWS = VIEW_OPS | {aten.alias.default}
 
 
-def linear_region_detection(gm: fx.GraphModule) -> PassResult:
-    """Reports the linear regions of gm (it does not change the graph)."""
+def linear_region_detection(gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
+    """The regions analysis as notes, for `--explain` (it does not change the graph; not a pass of any
+    pipeline: run_pipeline reports it once the passes are done)."""
     notes = Notes(NAME)
-    for region in find_linear_regions(gm):
+    for region in (ctx or PassContext()).regions(gm):
         notes.info(f"{region.describe()}, {region.macs:,} MACs, reads {', '.join(n.name for n in region.inputs)}",
                    region.output.name)
     return PassResult(gm, False, notes)

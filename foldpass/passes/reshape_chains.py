@@ -16,12 +16,13 @@ import torch.fx as fx
 
 from ..graph import VIEW_OPS, same_shape, shape_of
 from .base import Notes, PassResult
+from .context import PassContext
 
 NAME = "reshape_chains"
 aten = torch.ops.aten
 
 
-def reshape_chains(gm: fx.GraphModule) -> PassResult:
+def reshape_chains(gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
     """Collapses reshape chains and drops identity reshapes (see the module docstring)."""
     notes = Notes(NAME)
     chained = dropped = 0

@@ -24,6 +24,7 @@ import torch.fx as fx
 from ..graph import VIEW_OPS, add_constant, constant_value, drop_unused_attrs, shape_of
 from ..provenance import joined, record
 from .base import Notes, PassResult
+from .context import PassContext
 
 NAME = "scale_folding"
 aten = torch.ops.aten
@@ -129,7 +130,7 @@ def _scaled(gm, arg, c: torch.Tensor, before: fx.Node, shape) -> fx.Node:
     return add_constant(gm, (w.to(torch.float64) * c.reshape(shape)).to(w.dtype), "scaled", before=before)
 
 
-def scale_folding(gm: fx.GraphModule) -> PassResult:
+def scale_folding(gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
     """Replaces a constant scaling of a conv / linear output by scaled weights."""
     notes = Notes(NAME)
     folded = 0

@@ -25,8 +25,9 @@ import torch
 import torch.fx as fx
 
 from ..graph import ancestors, attr, constant_value, drop_unused_attrs
-from ..shapes import ShapeInfo, infer_shapes
+from ..shapes import ShapeInfo
 from .base import Notes, PassResult
+from .context import PassContext
 
 NAME = "zero_skip_elimination"
 aten = torch.ops.aten
@@ -127,10 +128,10 @@ def _non_finite_weights(gm: fx.GraphModule, nodes: set[fx.Node]) -> list[str]:
     return sorted(bad)
 
 
-def zero_skip_elimination(gm: fx.GraphModule) -> PassResult:
+def zero_skip_elimination(gm: fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
     """Replaces `x + 0`, `x - 0`, `x * 1`, `x / 1` by x, where 0 may be `s * 0`; the zeroed branch dies."""
     notes = Notes(NAME)
-    shapes = infer_shapes(gm)
+    shapes = (ctx or PassContext()).shapes(gm)
     rewrites = 0
     removed_ops: dict[str, int] = {}
     applied: dict[str, int] = {}

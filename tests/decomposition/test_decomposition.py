@@ -78,20 +78,20 @@ class Small(nn.Module):
 
 def test_only_convs_whose_chain_is_cheaper_are_decomposed():
     gm = foldpass.trace(Small().eval(), (torch.randn(2, 3, 16, 16),))
-    kept = low_rank_decomposition(gm, "tucker", 32)  # full rank: every chain costs more than its conv
+    kept = low_rank_decomposition(gm, method="tucker", rank=32)  # full rank: every chain costs more than its conv
     assert not kept.modified and sum("the tucker chain" in n.message for n in kept.notes) == 2
     assert any("1x1" in n.message for n in kept.notes)
-    result = low_rank_decomposition(kept.module, "tucker", 4)
+    result = low_rank_decomposition(kept.module, method="tucker", rank=4)
     assert sum(n.action == "applied" for n in result.notes) == 2
     assert foldpass.graph.count_ops(result.module)["convolution"] == 2 * 3 + 1
-    again = low_rank_decomposition(result.module, "tucker", 4)  # the chain's convs are 1x1 or cost more
+    again = low_rank_decomposition(result.module, method="tucker", rank=4)  # the chain's convs are 1x1 or cost more
     assert not again.modified
 
 
 def test_a_chosen_rank_with_nothing_to_factorize_keeps_the_layer():
     def decompose(rank, method="tucker"):
         gm = foldpass.trace(Small().eval(), (torch.randn(2, 3, 16, 16),))
-        result = low_rank_decomposition(gm, method, rank)
+        result = low_rank_decomposition(gm, method=method, rank=rank)
         return [n.message for n in result.notes if n.action == "applied"], [n.message for n in result.notes]
 
     applied, notes = decompose(0.05)  # the 3-channel stem's 5% budget affords rank (1, 1); the 32 -> 32 conv's (4, 4)
