@@ -108,6 +108,28 @@ def add_constant(gm: fx.GraphModule, tensor: torch.Tensor, hint: str, before: fx
     return node
 
 
+def replace(old: fx.Node, new: fx.Node, provenance: fx.Node | None = None) -> fx.Node:
+    """`new` takes `old`'s place, the same way in every pass: every reader of old reads new; new
+    carries old's value ("val": the same shape and dtype) and the metadata of `provenance` (the op it
+    continues: its stack trace, module path, provenance record; old's by default); old is erased
+    once nothing reads it. Returns new."""
+    new.meta.update({k: v for k, v in (provenance or old).meta.items() if k != "val"})
+    if "val" in old.meta:
+        new.meta["val"] = old.meta["val"]
+    old.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+    if not old.users and old.op == "call_function":
+        old.graph.erase_node(old)
+    return new
+
+
+def insert_after(node: fx.Node, target, args: tuple) -> fx.Node:
+    """A new op `target(*args)` (args read node) placed after node, read instead of node by
+    everything that read it (`replace`'s metadata rules: the new op continues node)."""
+    with node.graph.inserting_after(node):
+        new = node.graph.call_function(target, args)
+    return replace(node, new)
+
+
 def constant_value(gm: fx.GraphModule, arg: Any) -> Any:
     """The value of an argument if it is a constant (a literal or a get_attr tensor), else None."""
     if isinstance(arg, fx.Node):

@@ -33,7 +33,7 @@ import torch.fx as fx
 
 from ..cost import gemm_macs
 from ..errors import first_line
-from ..graph import add_constant, attr, drop_unused_attrs, node_key
+from ..graph import add_constant, attr, drop_unused_attrs, node_key, replace
 from ..provenance import label, record, span
 from ..rules.conv_merging import MergedConv, merged_conv, region_window
 from ..shapes import ShapeInfo
@@ -342,8 +342,8 @@ def _replace_with_conv(gm, region: Region, conv: MergedConv, out_info: ShapeInfo
     with gm.graph.inserting_before(out):
         y = gm.graph.call_function(aten.convolution.default, (x, weight, bias, list(w.stride), list(w.pad), [1, 1],
                                                               False, [0, 0], conv.groups))
+    replace(out, y)
     record(gm, y, weight, NAME, f"{region.describe()} -> one convolution", name)
-    out.replace_all_uses_with(y)
     return y
 
 
@@ -359,9 +359,9 @@ def _replace_with_gemm(gm, region: Region, w, b, in_info: ShapeInfo, out_info: S
         flat = x
         if tuple(in_info.sample_shape) != (in_info.sample_numel,):
             flat = graph.call_function(aten.view.default, (x, [-1, in_info.sample_numel]))
-        y = graph.call_function(aten.addmm.default, (bias, flat, wt))
-        record(gm, y, wt, NAME, f"{region.describe()} -> Gemm {in_info.sample_numel}->{out_info.sample_numel}", name)
+        gemm = y = graph.call_function(aten.addmm.default, (bias, flat, wt))
         if tuple(out_info.sample_shape) != (out_info.sample_numel,):
             y = graph.call_function(aten.view.default, (y, [-1, *out_info.sample_shape]))
-    out.replace_all_uses_with(y)
+    replace(out, y)
+    record(gm, gemm, wt, NAME, f"{region.describe()} -> Gemm {in_info.sample_numel}->{out_info.sample_numel}", name)
     return y

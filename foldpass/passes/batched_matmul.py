@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from ..graph import VIEW_OPS, same_shape, shape_of
+from ..graph import VIEW_OPS, replace, same_shape, shape_of
 from .base import Notes, PassResult
 from .context import PassContext
 
@@ -65,9 +65,7 @@ def batched_matmul(gm: fx.GraphModule, ctx: PassContext | None = None) -> PassRe
             continue
         with gm.graph.inserting_before(out):
             y = gm.graph.call_function(aten.matmul.default, (a, b))
-        y.meta.update(node.meta)
-        y.meta["val"] = out.meta.get("val")
-        out.replace_all_uses_with(y)
+        replace(out, y, provenance=node)
         rewritten += 1
     if rewritten:
         gm.graph.eliminate_dead_code()

@@ -3,8 +3,8 @@
     W' = W * gamma / sqrt(var + eps)                (per output channel)
     b' = (b - mean) * gamma / sqrt(var + eps) + beta
 
-The arithmetic is torch.nn.utils.fusion's (fuse_conv_bn_weights, fuse_linear_bn_weights),
-run in float64 and cast back to the weights' dtype. Folds only an eval-mode BN
+The arithmetic is torch.nn.utils.fusion's (fuse_conv_bn_weights, on every op's weight in the
+[out, in, *k] layout of rules/linear_op.py), run in float64 and cast back to the weights' dtype. Folds only an eval-mode BN
 (`_native_batch_norm_legit_no_training`) whose input is a conv / addmm / mm read by nothing else.
 
     BN(x @ W)  ->  x @ W' + b'                       (matmul with a constant 2-D weight)
@@ -24,10 +24,11 @@ import operator
 
 import torch
 import torch.fx as fx
-from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from ..graph import VIEW_OPS, add_constant, constant_value, drop_unused_attrs, shape_of
+from ..graph import VIEW_OPS, constant_value, drop_unused_attrs, shape_of
 from ..rules.batchnorm_forward import channel_paths, fold_forward, weight_of
+from ..rules.linear_op import LinearOp
 from ..provenance import joined, label, module_path, module_type, record
 from .base import Notes, PassResult
 from .context import PassContext
@@ -80,16 +81,9 @@ def _why_not(gm: fx.GraphModule, bn: fx.Node) -> str | None:
         return f"{producer.name} is also read elsewhere ({len(producer.users)} users)"
     if _affine(gm, bn) is None:
         return "its statistics are not constant tensors"
-    if producer.target == aten.convolution.default:
-        if constant_value(gm, producer.args[1]) is None or (
-                producer.args[2] is not None and constant_value(gm, producer.args[2]) is None):
-            return f"{producer.name}'s weights are computed at run time"
-    elif producer.target in (aten.mm.default, aten.matmul.default):
-        w = constant_value(gm, producer.args[1])
-        if not isinstance(w, torch.Tensor) or w.dim() != 2:
-            return f"{producer.name}'s weights are computed at run time"
-    elif constant_value(gm, producer.args[0]) is None or constant_value(gm, producer.args[2]) is None:
-        return f"{producer.name}'s weights are computed at run time"
+    op = LinearOp.of(gm, producer)
+    if isinstance(op, str):
+        return op
     if _bn_output(bn) is None:
         return "its batch statistics outputs are used"
     return None
@@ -142,43 +136,12 @@ def batchnorm_folding(gm: fx.GraphModule, ctx: PassContext | None = None) -> Pas
             kept[bn] = why
             continue
         producer, out = _producer(bn), _bn_output(bn)
-        gamma, beta, mean, var = (constant_value(gm, a) for a in bn.args[1:5])
-        eps = float(bn.args[6])
-        if producer.target == aten.convolution.default:
-            w, b = constant_value(gm, producer.args[1]), constant_value(gm, producer.args[2])
-            dtype = w.dtype
-            w2, b2 = fuse_conv_bn_weights(_f64(w), _f64(b), _f64(mean), _f64(var), eps, _f64(gamma), _f64(beta),
-                                          transpose=bool(producer.args[6]))
-            new_w = add_constant(gm, w2.to(dtype), "w", before=producer)
-            new_b = add_constant(gm, b2.to(dtype), "b", before=producer)
-            producer.args = (producer.args[0], new_w, new_b, *producer.args[3:])
-            kind = "convolution"
-        else:  # addmm(bias, x, W^T), or mm(x, W^T) without a bias
-            if producer.target in (aten.mm.default, aten.matmul.default):
-                x, b, wt = producer.args[0], None, constant_value(gm, producer.args[1])
-            else:
-                x, b, wt = producer.args[1], constant_value(gm, producer.args[0]), constant_value(gm, producer.args[2])
-            dtype = wt.dtype
-            b = torch.zeros(wt.shape[1], dtype=dtype) if b is None else b
-            w2, b2 = fuse_linear_bn_weights(_f64(wt.t()), _f64(b), _f64(mean), _f64(var), eps, _f64(gamma), _f64(beta))
-            new_w = add_constant(gm, w2.t().to(dtype), "w", before=producer)  # stored as W^T, as addmm reads it
-            new_b = add_constant(gm, b2.to(dtype), "b", before=producer)
-            if producer.target == aten.matmul.default:  # x @ W' + b' on the unflattened tokens
-                producer.args = (x, new_w)
-                with gm.graph.inserting_after(producer):
-                    biased = gm.graph.call_function(aten.add.Tensor, (producer, new_b))
-                biased.meta = dict(producer.meta)
-                producer.replace_all_uses_with(biased, delete_user_cb=lambda u: u is not biased)
-            elif producer.target == aten.mm.default:
-                with gm.graph.inserting_before(producer):
-                    addmm = gm.graph.call_function(aten.addmm.default, (new_b, x, new_w))
-                addmm.meta = dict(producer.meta)
-                producer.replace_all_uses_with(addmm)
-                gm.graph.erase_node(producer)
-                producer = addmm
-            else:
-                producer.args = (new_b, x, new_w, *producer.args[3:])
-            kind = "linear"
+        op = LinearOp.of(gm, producer)
+        gamma, beta, mean, var = (_f64(constant_value(gm, a)) for a in bn.args[1:5])
+        # BN(W x + b) = (s W) x + (s b + t): torch.nn.utils.fusion's arithmetic, on the [out, in, *k] layout
+        w2, b2 = fuse_conv_bn_weights(op.weight, op.bias, mean, var, float(bn.args[6]), gamma, beta)
+        kind = "convolution" if producer.target == aten.convolution.default else "linear"
+        producer, new_w, new_b = op.with_weights(gm, w2, b2)
         out.replace_all_uses_with(bn.args[0])  # the producer, or the reshapes that lead to it
         name = joined([producer, bn])
         record(gm, producer, new_w, NAME, f"{_described(producer)} + {_described(bn)} -> one {kind} "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from ..graph import VIEW_OPS, drop_unused_attrs, shape_of
+from ..graph import VIEW_OPS, drop_unused_attrs, replace, shape_of
 from .base import Notes, PassResult
 from .context import PassContext
 
@@ -68,9 +68,7 @@ def broadcast_matmul(gm: fx.GraphModule, ctx: PassContext | None = None) -> Pass
         x, w = found
         with gm.graph.inserting_before(node):
             matmul = gm.graph.call_function(aten.matmul.default, (x, w))
-        matmul.meta["val"] = node.meta.get("val")
-        node.replace_all_uses_with(matmul)
-        gm.graph.erase_node(node)
+        replace(node, matmul)
         rewritten += 1
     if rewritten:
         drop_unused_attrs(gm)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from ..graph import VIEW_OPS, shape_of
+from ..graph import VIEW_OPS, replace, shape_of
 from .base import Notes, PassResult
 from .context import PassContext
 
@@ -66,8 +66,7 @@ def linear_matmul(gm: fx.GraphModule, ctx: PassContext | None = None) -> PassRes
                 y = gm.graph.call_function(aten.add.Tensor, (y, bias))
                 y.meta["val"] = out.meta.get("val")
                 biased += 1
-        y.meta.update({k: v for k, v in node.meta.items() if k != "val"})  # provenance: the linear's
-        out.replace_all_uses_with(y)
+        replace(out, y, provenance=node)  # the linear's provenance
         rewritten += 1
     if rewritten:
         gm.graph.eliminate_dead_code()

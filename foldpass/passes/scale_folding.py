@@ -23,6 +23,7 @@ import torch.fx as fx
 
 from ..graph import VIEW_OPS, add_constant, constant_value, drop_unused_attrs, shape_of
 from ..provenance import joined, record
+from ..rules.linear_op import LinearOp, per_out
 from .base import Notes, PassResult
 from .context import PassContext
 
@@ -109,20 +110,15 @@ def _why_not(gm: fx.GraphModule, producer: fx.Node, axis: int | None, c: torch.T
         return "the factor is not finite"
     rank = len(shape_of(producer) or ())
     if producer.target == aten.convolution.default:
-        weights = [producer.args[1], producer.args[2]]
         if bool(producer.args[6]):
             return "transposed convolutions are left alone"
         fits = axis in (None, 1)
     else:
-        weights = [producer.args[0], producer.args[2]] if producer.target == aten.addmm.default else [producer.args[1]]
         fits = axis in (None, rank - 1)
     if not fits:
         return f"the factor varies along dim {axis}, not along {producer.name}'s output channels"
-    if any(w is not None and constant_value(gm, w) is None for w in weights):
-        return f"{producer.name}'s weights are computed at run time"
-    if producer.target == aten.matmul.default and constant_value(gm, weights[0]).dim() != 2:
-        return f"{producer.name} multiplies by a batch of matrices"
-    return None
+    op = LinearOp.of(gm, producer)
+    return op if isinstance(op, str) else None
 
 
 def _scaled(gm, arg, c: torch.Tensor, before: fx.Node, shape) -> fx.Node:
@@ -143,21 +139,13 @@ def scale_folding(gm: fx.GraphModule, ctx: PassContext | None = None) -> PassRes
         if why:
             notes.declined(f"scaling kept: {why}", node.name)
             continue
-        args = list(producer.args)
-        k = c.numel()
-        if producer.target == aten.convolution.default:
-            args[1] = _scaled(gm, args[1], c, producer, (k, 1, 1, 1) if k > 1 else ())
-            if args[2] is not None:  # a bias-free conv stays bias-free: c * 0 = 0
-                args[2] = _scaled(gm, args[2], c, producer, (k,) if k > 1 else ())
-            weight = args[1]
-        elif producer.target == aten.addmm.default:  # addmm(b, x, W^T): W^T is [in, out], the factor scales its columns
-            args[0] = _scaled(gm, args[0], c, producer, (k,) if k > 1 else ())
-            args[2] = weight = _scaled(gm, args[2], c, producer, (1, k) if k > 1 else ())
-        else:  # matmul(x, W): W is [in, out]
-            args[1] = weight = _scaled(gm, args[1], c, producer, (1, k) if k > 1 else ())
-        producer.args = tuple(args)
-        for add in adds:  # (y + b) * c = y * c + b * c
-            add.args = (add.args[0], _scaled(gm, add.args[1], c, add, (k,) if k > 1 else ()))
+        op = LinearOp.of(gm, producer)
+        # c (W x + b) = (c W) x + c b: a bias-free op stays bias-free (c * 0 = 0)
+        producer, weight, _ = op.with_weights(gm, op.weight * per_out(c.expand(op.weight.shape[0]), op.weight),
+                                              None if op.bias is None else op.bias * c)
+        for add in adds:  # (y + b) * c = y * c + b * c, for the bias adds that are not the op's own
+            if add is not op.bias_add:
+                add.args = (add.args[0], _scaled(gm, add.args[1], c, add, (c.numel(),) if c.numel() > 1 else ()))
         name = joined([producer]) and f"{joined([producer])}*scale"
         record(gm, producer, weight, NAME, f"{producer.name} * {node.name} (a constant factor) -> the weights scaled",
                name)

@@ -30,7 +30,8 @@ import math
 import torch
 import torch.fx as fx
 
-from ..graph import VIEW_OPS, add_constant, constant_value, shape_of
+from ..graph import VIEW_OPS, constant_value, shape_of
+from .linear_op import LinearOp, per_in
 
 aten = torch.ops.aten
 LINEARS = {aten.addmm.default, aten.mm.default, aten.matmul.default}
@@ -131,27 +132,6 @@ def channel_paths(gm: fx.GraphModule, out: fx.Node) -> list[fx.Node] | str:
     return consumers
 
 
-def _add_bias(gm: fx.GraphModule, node: fx.Node, extra: torch.Tensor, dtype: torch.dtype) -> None:
-    """node + extra (float64): into the constant bias add that already follows node (behind reshapes
-    that keep the last dim), or a new add."""
-    walk = node
-    while len(walk.users) == 1 and next(iter(walk.users)).target in VIEW_OPS and \
-            (shape_of(next(iter(walk.users))) or (0,))[-1] == extra.shape[0]:
-        walk = next(iter(walk.users))
-    users = list(walk.users)
-    if len(users) == 1 and users[0].target == aten.add.Tensor and users[0].args[0] is walk:
-        bias = constant_value(gm, users[0].args[1])
-        if isinstance(bias, torch.Tensor) and bias.dim() == 1 and bias.shape[0] == extra.shape[0]:
-            new = add_constant(gm, (bias.to(torch.float64) + extra).to(bias.dtype), "b", before=users[0])
-            users[0].args = (walk, new)
-            return
-    new = add_constant(gm, extra.to(dtype), "b", before=node)
-    with gm.graph.inserting_after(node):
-        biased = gm.graph.call_function(aten.add.Tensor, (node, new))
-    biased.meta = dict(node.meta)
-    node.replace_all_uses_with(biased, delete_user_cb=lambda u: u is not biased)
-
-
 def weight_of(node: fx.Node) -> fx.Node:
     return node.args[2] if node.target == aten.addmm.default else node.args[1]
 
@@ -162,34 +142,10 @@ def fold_forward(gm: fx.GraphModule, consumers: list[fx.Node], scale: torch.Tens
     returns the consumers as they are now (an mm becomes an addmm)."""
     done = []
     for node in consumers:
-        if node.target == CONV:
-            w = constant_value(gm, node.args[1])
-            b = constant_value(gm, node.args[2]) if node.args[2] is not None else None
-            w64 = w.to(torch.float64)
-            b2 = (torch.zeros(w.shape[0], dtype=torch.float64) if b is None else b.to(torch.float64)) + \
-                (w64 * shift.view(1, -1, *[1] * (w.dim() - 2))).flatten(1).sum(1)
-            new_w = add_constant(gm, (w64 * scale.view(1, -1, *[1] * (w.dim() - 2))).to(w.dtype), "w", before=node)
-            new_b = add_constant(gm, b2.to(w.dtype), "b", before=node)
-            node.args = (node.args[0], new_w, new_b, *node.args[3:])
-            done.append(node)
-            continue
-        w = constant_value(gm, node.args[2] if node.target == aten.addmm.default else node.args[1])
-        w64 = w.to(torch.float64)
-        new_w = add_constant(gm, (w64 * scale[:, None]).to(w.dtype), "w", before=node)
-        if node.target == aten.addmm.default:
-            b = constant_value(gm, node.args[0])
-            new_b = add_constant(gm, (b.to(torch.float64) + shift @ w64).to(b.dtype), "b", before=node)
-            node.args = (new_b, node.args[1], new_w, *node.args[3:])
-        elif node.target == aten.mm.default:
-            new_b = add_constant(gm, (shift @ w64).to(w.dtype), "b", before=node)
-            with gm.graph.inserting_before(node):
-                addmm = gm.graph.call_function(aten.addmm.default, (new_b, node.args[0], new_w))
-            addmm.meta = dict(node.meta)
-            node.replace_all_uses_with(addmm)
-            gm.graph.erase_node(node)
-            node = addmm
-        else:
-            node.args = (node.args[0], new_w)
-            _add_bias(gm, node, shift @ w64, w.dtype)
-        done.append(node)
+        op = LinearOp.of(gm, node)
+        assert not isinstance(op, str), op  # channel_paths accepted it
+        # W (s x + t) + b = (W s) x + (b + W t): t summed over the input channel (and the kernel window)
+        extra = (op.weight * per_in(shift, op.weight)).flatten(1).sum(1)
+        bias = extra if op.bias is None else op.bias + extra
+        done.append(op.with_weights(gm, op.weight * per_in(scale, op.weight), bias)[0])
     return done
