@@ -20,6 +20,14 @@ def test_transposed_conv_and_linear_bn_fold():
     check_pass(batchnorm_folding, model, {"_native_batch_norm_legit_no_training": -2}, prep=PREP)
 
 
+def test_bn_after_a_grouped_transposed_conv_is_kept_with_its_reason():
+    """torch's fuse_conv_bn_weights(transpose=True) broadcasts the scale over the weight's dim 1,
+    out / groups wide: on a grouped transposed conv it raised, and the whole pass failed."""
+    model = randomize_batchnorm(nn.Sequential(nn.ConvTranspose2d(4, 6, 3, groups=2), nn.BatchNorm2d(6)))
+    result = check_pass(batchnorm_folding, model, {}, x=torch.randn(2, 4, 8, 8))
+    assert any("grouped transposed convolution" in n.message for n in result.notes)
+
+
 def test_bn_whose_conv_output_is_read_twice_is_kept():
     class Two(nn.Module):
         def __init__(self):
