@@ -3,6 +3,7 @@ onnx-graphsurgeon (cleanup, toposort), checked by onnx.checker."""
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 
@@ -24,7 +25,8 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
     """Exports `module` (a GraphModule or any nn.Module) to a checked, tidied ONNX model in memory."""
     check_opset(opset)
     dynamic = tuple({0: Dim("batch")} for _ in inputs) if dynamic_batch else None
-    if isinstance(module, fx.GraphModule):
+    if isinstance(module, fx.GraphModule):  # pre-export rewrites go on a copy of the graph (the weights shared)
+        module = fx.GraphModule(module, copy.deepcopy(module.graph))
         for m in module.modules():
             m.training = False
         broadcast_copy_sources(module)
@@ -74,7 +76,8 @@ def broadcast_copy_sources(gm: fx.GraphModule) -> int:
     torch.onnx (2.14) writes aten.copy as Identity(src) and drops the broadcast; a 0-dim src then
     reaches ops that expect dst's shape (torchvision's Swin builds its attention mask this way, and
     its export failed onnx.checker with "Transpose: invalid attribute perm {1, 0}"). Returns how
-    many copies it rewrote (in place; the graph computes what it computed)."""
+    many copies it rewrote (in place: to_onnx runs it on its own copy of the graph, so the
+    optimized module a user holds is not changed by writing it)."""
     aten = torch.ops.aten
     count = 0
     for node in list(gm.graph.nodes):

@@ -162,7 +162,9 @@ class SwinBlock(torch.nn.Module):
 def test_a_swin_shaped_block_exports_and_verifies(tmp_path, pipeline):
     model = SwinBlock().eval()
     result = foldpass.optimize(model, torch.randn(1, 8, 8, 8), pipeline=pipeline)
+    code = result.module.code
     result.save_onnx(tmp_path / "swin.onnx")
+    assert result.module.code == code  # the export's rewrite (copy -> copy of an expand) went on its own copy
     x = torch.randn(2, 8, 8, 8)
     session = ort.InferenceSession(str(tmp_path / "swin.onnx"), providers=["CPUExecutionProvider"])
     with torch.no_grad():
