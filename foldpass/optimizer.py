@@ -31,7 +31,7 @@ from .provenance import sha256, stamp
 from .quiet import quiet
 from .report import GraphStats, Report
 from .tracing import BATCH_NOTE_KEY, batch_of_two, trace
-from .verification import (DEFAULT_ATOL, DEFAULT_RTOL, LARGE_BATCH, Verification, check_tolerances, compare,
+from .verification import (DEFAULT_ATOL, DEFAULT_RTOL, LARGE_BATCH, Recorded, Verification, check_tolerances, compare,
                            effective_rtol, export_errors, float32_noise, float64_errors, output_tensors,
                            verification_inputs, verify, verify_module)
 
@@ -104,11 +104,12 @@ class OptimizeResult:
 
         def gate(written: str) -> None:
             t0 = time.perf_counter()
-            reference, cases = self.reference or self.original, self.gate_inputs(extra_inputs)
+            # the reference runs once per case, however many checks the gate makes on its outputs
+            reference, cases = Recorded(self.reference or self.original), self.gate_inputs(extra_inputs)
             try:
                 checked.append(verify(written, reference, cases, rtol=rtol, atol=atol))
             except VerificationError as failed:
-                allowance = self._export_errors(cases, opset, precision, failed)
+                allowance = self._export_errors(reference, cases, opset, precision, failed)
                 if allowance is None:
                     raise
                 checked.append(verify(written, reference, cases, rtol=rtol, atol=atol, allowance=allowance))
@@ -127,7 +128,7 @@ class OptimizeResult:
         save_atomic(model, path, check=gate if verify_output else None, force=force)
         return checked[0] if checked else None
 
-    def _export_errors(self, cases, opset: int | None, precision: str, failed: VerificationError):
+    def _export_errors(self, reference, cases, opset: int | None, precision: str, failed: VerificationError):
         """Per case and output, the model's own float32 noise: how far the model exported as it is
         (no pass) lies from PyTorch, and PyTorch in float32 from float64; twice the larger is the
         allowance the gate grants on top of its tolerance (None: none applies, the failure stands).
@@ -140,7 +141,6 @@ class OptimizeResult:
         try:
             base = to_onnx(self.original, self.inputs, opset=opset or self.opset,
                            dynamic_batch=self.report.static_batch is None)
-            reference = self.reference or self.original
             return float32_noise(export_errors(base, reference, cases), float64_errors(reference, cases))
         except (FoldpassError, RuntimeError):  # the model does not export (or run) as it is: no allowance
             return None

@@ -71,3 +71,18 @@ def test_a_wrong_fold_on_the_same_model_still_fails(tmp_path):
 def test_an_ordinary_model_is_held_to_the_tolerance_alone(tmp_path):
     check = foldpass.optimize(models.CNN3(width=4, t=0.0).eval(), torch.randn(1, 1, 28, 28)).save_onnx(tmp_path / "c.onnx")
     assert check.basis == "tolerance" and check.allowance == 0.0
+
+
+def test_the_reference_runs_once_per_case_on_the_failure_path(tmp_path):
+    """The gate's first check, the unoptimized export's error and the check with the allowance all
+    compare with the model's outputs on the same cases: they are computed once (they were computed
+    three times, the slowest part of a refused model's gate after the extra export)."""
+    model = Cancellation().eval()
+    result = foldpass.optimize(model, X)
+    calls = []
+    # float32 and real: not the exporter's fake tensors while it traces, nor the float64 copy's estimate
+    real = lambda x: type(x) is torch.Tensor and x.dtype == torch.float32  # noqa: E731
+    result.original.register_forward_pre_hook(lambda module, args: real(args[0]) and calls.append(args[0].shape))
+    check = result.save_onnx(tmp_path / "m.onnx", compare_direct=False)
+    assert check.basis == "float32 noise"  # the failure path ran
+    assert len(calls) == len(result.gate_inputs()), calls

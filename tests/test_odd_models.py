@@ -47,12 +47,13 @@ def test_bfloat16_is_refused_with_a_reason_and_nothing_is_written(tmp_path):
     result = foldpass.optimize(conv, torch.randn(1, 1, 28, 28).to(torch.bfloat16))
     with pytest.raises(FoldpassError, match="bfloat16"):  # opset 18 has no bfloat16 Conv
         result.save_onnx(tmp_path / "m.onnx")
-    gemm = models.linear_resnet34(width=4).to(torch.bfloat16).eval()
+    gemm = models.CNN3(width=4, linear=True).to(torch.bfloat16).eval()
     result = foldpass.optimize(gemm, torch.randn(1, 1, 28, 28).to(torch.bfloat16))
+    assert result.report.after.ops == {"addmm": 1, "view": 1}  # one Gemm: it exports, but cannot be verified
     with pytest.raises(VerificationError, match="bfloat16"):  # onnxruntime CPU cannot run it
-        result.save_onnx(tmp_path / "m.onnx")
+        result.save_onnx(tmp_path / "m.onnx", compare_direct=False)
     assert not (tmp_path / "m.onnx").exists()
-    result.save_onnx(tmp_path / "m.onnx", verify_output=False)  # the user's explicit choice
+    result.save_onnx(tmp_path / "m.onnx", verify_output=False, compare_direct=False)  # the user's explicit choice
     assert (tmp_path / "m.onnx").exists()
 
 

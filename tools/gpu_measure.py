@@ -11,7 +11,7 @@ under it (the providers it has are recorded either way). Timing: CUDA events aft
 (time.perf_counter on the CPU), variants interleaved round by round, medians; us per image.
 
     python tools/gpu_measure.py                         # on a GPU machine: docs/results_cuda.md + .json (< 8 min)
-    python tools/gpu_measure.py --device cpu --quick    # the smoke run the tests use (small widths, no inductor)
+    python tools/gpu_measure.py --device cpu --quick    # the smoke run the tests use (small widths, batch 1, no inductor)
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def measure(device: str, width: int, rounds: int, runs: int, compile_: bool, qui
         result = foldpass.optimize(model, torch.randn(1, *shape))
         optimized = result.module.to(device)
         model = model.to(device)
-        for batch in batches:
+        for batch in batches[-1:] if quick else batches:  # the smoke run: batch 1 only (the same code path)
             x = torch.randn(batch, *shape, device=device)
             timer = Timer(device)
             with torch.inference_mode():
@@ -247,6 +247,7 @@ def main() -> None:
     width, rounds, runs = (4, 2, 2) if args.quick else (64, 15, 20) if args.device.startswith("cuda") else (64, 7, 5)
     records = measure(args.device, width, rounds, runs, not args.no_compile, args.quick, args.torchvision)
     env = environment(args.device)
+    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump({"environment": env, "width": width, "records": records}, f, indent=2)
     with open(os.path.join(args.out, stem + ".md"), "w") as f:
