@@ -94,10 +94,22 @@ def test_avg_pool_after_a_conv_becomes_a_strided_conv():
     fold(nn.Sequential(nn.Conv2d(4, 8, 1), nn.AvgPool2d(2)), {"avg_pool2d": -1}, x=torch.randn(2, 4, 12, 12))
 
 
-def test_composition_that_would_grow_is_kept():
-    """1x1 32 -> 4 then 4 -> 32 composes to a 32 -> 32 conv: twice... four times the MACs."""
+def test_composition_that_would_grow_is_kept_without_computing_its_kernel(monkeypatch):
+    """1x1 32 -> 4 then 4 -> 32 composes to a 32 -> 32 conv, four times the MACs; a depthwise one
+    (groups = gcd(32, 32)) would cost less, so only its kernel can tell, and it is computed. 3x3 8 -> 1
+    then 1x1 1 -> 7: any merged conv (groups = gcd(8, 7) = 1) costs 7 x 72 MACs per output position
+    against the region's 72 + 7, so the cost bound rejects it before any kernel is computed."""
+    import importlib
+
+    affine = importlib.import_module("foldpass.passes.affine_folding")
+    calls = []
+    real = affine.merged_conv
+    monkeypatch.setattr(affine, "merged_conv", lambda *a: calls.append(1) or real(*a))
     result = fold(nn.Sequential(nn.Conv2d(32, 4, 1), nn.Conv2d(4, 32, 1)), {}, x=torch.randn(2, 32, 6, 6))
-    assert any("a conv costs" in n.message for n in result.notes)
+    assert any("a conv costs" in n.message for n in result.notes) and calls
+    calls.clear()
+    result = fold(nn.Sequential(nn.Conv2d(8, 1, 3), nn.Conv2d(1, 7, 1)), {}, x=torch.randn(2, 8, 6, 6))
+    assert any("costs at least" in n.message for n in result.notes) and not calls, result.notes
 
 
 def test_a_relu_between_branches_stops_the_merge():

@@ -25,6 +25,7 @@ convs 144 -> 24 -> 144 compose to a larger 144 -> 144 conv: they are kept.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -99,6 +100,11 @@ def _conv_option(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, Shape
     if isinstance(window, str):
         return window
     in_info, out_info = shapes[region.inputs[0]], shapes[region.output]
+    bound = _conv_bound(window, in_info, out_info)
+    if bound.macs > region.macs or bound.bytes > region.bytes:  # rejected before its kernel is computed
+        k = window.size
+        return (f"a merged {k[0]}x{k[1]} conv costs at least {_fmt_macs(bound.macs)} MACs and moves "
+                f"{_fmt_bytes(bound.bytes)}, more than the region's {_fmt_macs(region.macs)} / {_fmt_bytes(region.bytes)}")
     try:
         conv = merged_conv(extract(gm, region), window, in_info.sample_shape, out_info.sample_shape)
     except RuntimeError as exc:  # the probe is smaller than the real map: a constant of the map's size
@@ -108,6 +114,16 @@ def _conv_option(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, Shape
     itemsize = out_info.dtype.itemsize
     nbytes = (conv.weight.numel() + conv.bias.numel() + in_info.sample_numel + out_info.sample_numel) * itemsize
     return Option("conv", conv.macs(out_info.sample_shape), nbytes, 1, conv)
+
+
+def _conv_bound(window, in_info: ShapeInfo, out_info: ShapeInfo) -> Option:
+    """The least any merged conv on this window can cost: as many groups as the channels allow
+    (gcd(C_in, C_out)), so C_in / gcd weights per output; its kernel may only be larger."""
+    c_in, c_out = in_info.sample_shape[0], out_info.sample_shape[0]
+    per_out = c_in // math.gcd(c_in, c_out) * window.size[0] * window.size[1]
+    weights = c_out * per_out + c_out
+    nbytes = (weights + in_info.sample_numel + out_info.sample_numel) * out_info.dtype.itemsize
+    return Option("conv", out_info.sample_numel * per_out, nbytes, 1)
 
 
 def choose(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, ShapeInfo],
