@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 from typing import Any, Callable, Iterable
 
+from dataclasses import dataclass
+
 import torch
 import torch.fx as fx
 
@@ -14,7 +16,25 @@ from .errors import InputError
 aten = torch.ops.aten
 
 INPUTS_KEY = "foldpass_inputs"  # gm.meta: the example inputs the graph was traced with
-STATIC_KEY = "foldpass_static_batch"  # gm.meta: the batch size the graph is fixed to, or None
+BATCH_KEY = "foldpass_batch"  # gm.meta: the graph's BatchPlan
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How the batch axis came out of tracing, and why: one value that the shapes, the gate, the
+    export and the report read (no note string is matched)."""
+
+    size: int | None = None  # the batch the graph is fixed to; None: dynamic
+    restored: bool = False  # dynamic because foldpass made it so (a program exported at a fixed batch):
+    #                         the gate then also checks a large batch, sample by sample
+    note: str = "dynamic"  # in words, for the report
+
+    @staticmethod
+    def of(gm: fx.GraphModule) -> BatchPlan:
+        return gm.meta.get(BATCH_KEY) or BatchPlan()
+
+    def static(self, size: int, note: str) -> BatchPlan:
+        return BatchPlan(size, False, f"static: {note}")
 
 # views and reshapes: batch-preserving ones are canonicalized at trace time; regions fold through them
 VIEW_OPS = frozenset({aten.view.default, aten._unsafe_view.default, aten.reshape.default})

@@ -22,7 +22,7 @@ from .defaults import DEFAULT_MAX_FOLD_BYTES
 from .errors import FoldpassError, InputError, VerificationError
 from .export import (DEFAULT_OPSET, MIN_OPSET, check_opset, direct_export_ops, onnx_op_counts, rename_batch_axis,
                      rename_io, save_atomic, to_onnx)
-from .graph import INPUTS_KEY, STATIC_KEY, op_name
+from .graph import BATCH_KEY, INPUTS_KEY, BatchPlan, op_name
 from .loading import Source
 from .outputs import atomic_write, check_outputs
 from .passes import run_pipeline
@@ -30,7 +30,7 @@ from .precision import PRECISIONS, to_half
 from .provenance import sha256, stamp
 from .quiet import quiet
 from .report import GraphStats, Report
-from .tracing import BATCH_NOTE_KEY, batch_of_two, trace
+from .tracing import batch_of_two, trace
 from .verification import (DEFAULT_ATOL, DEFAULT_RTOL, LARGE_BATCH, Recorded, Verification, check_tolerances, compare,
                            effective_rtol, export_errors, float32_noise, float64_errors, output_tensors,
                            verification_inputs, verify, verify_module)
@@ -51,6 +51,11 @@ class OptimizeResult:
     batch_name: str | None = None  # the source's name for its batch axis
     _source_sha256: str | None = field(default=None, repr=False)
 
+    @property
+    def batch_plan(self) -> BatchPlan:
+        """How the batch came out (dynamic, restored, or fixed and why): the module's BatchPlan."""
+        return BatchPlan.of(self.module)
+
     def to_onnx(self, opset: int | None = None, precision: str = "fp32", half_io: bool = False):
         """The checked ONNX model in memory, with its provenance (provenance.py) stamped in.
         precision "fp16": weights stored and computed in float16 (precision.py); half_io: float16 inputs
@@ -61,7 +66,7 @@ class OptimizeResult:
         if precision == "fp16":
             module = to_half(self.module, half_io)
             inputs = tuple(x.half() for x in inputs) if half_io else inputs
-        model = to_onnx(module, inputs, opset=opset or self.opset, dynamic_batch=self.report.static_batch is None)
+        model = to_onnx(module, inputs, opset=opset or self.opset, dynamic_batch=self.batch_plan.size is None)
         model = rename_batch_axis(rename_io(model, *self.io_names), self.batch_name)
         return stamp(model, self.module, self._metadata())
 
@@ -140,7 +145,7 @@ class OptimizeResult:
         t0 = time.perf_counter()
         try:
             base = to_onnx(self.original, self.inputs, opset=opset or self.opset,
-                           dynamic_batch=self.report.static_batch is None)
+                           dynamic_batch=self.batch_plan.size is None)
             return float32_noise(export_errors(base, reference, cases), float64_errors(reference, cases))
         except (FoldpassError, RuntimeError):  # the model does not export (or run) as it is: no allowance
             return None
@@ -153,7 +158,7 @@ class OptimizeResult:
         if self.source_path and self.source_path.endswith(".onnx"):
             peer, what = onnx_op_counts(onnx.load(self.source_path, load_external_data=False)), "the source ONNX"
         else:
-            peer = direct_export_ops(self.original, self.inputs, opset or self.opset, self.report.static_batch is None)
+            peer = direct_export_ops(self.original, self.inputs, opset or self.opset, self.batch_plan.size is None)
             what = "the direct export (torch.onnx.export, dynamo=True)"
         self.report.timings["direct export"] = time.perf_counter() - t0
         if isinstance(peer, str):
@@ -171,9 +176,8 @@ class OptimizeResult:
     def gate_inputs(self, extra_inputs=(), random_cases: int | None = None) -> list[tuple[torch.Tensor, ...]]:
         """The inputs every check of this result runs on (verification.verification_inputs), at batch
         LARGE_BATCH too where foldpass made the batch dynamic itself."""
-        restored = self.report.batch.startswith("dynamic (restored")
-        return verification_inputs(self.inputs, self.report.static_batch, extra_inputs, random_cases=random_cases,
-                                   large_batch=LARGE_BATCH if restored else None)
+        return verification_inputs(self.inputs, self.batch_plan.size, extra_inputs, random_cases=random_cases,
+                                   large_batch=LARGE_BATCH if self.batch_plan.restored else None)
 
     def save_pt2(self, path: str | os.PathLike, verify_output: bool = True, rtol: float = DEFAULT_RTOL,
                  atol: float = DEFAULT_ATOL, extra_inputs: list[tuple[torch.Tensor, ...]] = (),
@@ -187,7 +191,7 @@ class OptimizeResult:
         if opaque:
             raise InputError(f"{', '.join(opaque)} passed through from the ONNX input and run only under "
                              "onnxruntime; write an .onnx file")
-        static = self.report.static_batch
+        static = self.batch_plan.size
         dynamic = None if static else tuple({0: Dim("batch")} for _ in self.inputs)
         with quiet():
             program = torch.export.export(self.module, self.inputs if static else batch_of_two(self.inputs),
@@ -299,18 +303,16 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
     else:
         raise InputError(f"cannot optimize a {type(src.model).__name__}: expected an nn.Module or an ExportedProgram")
     if src.static_batch and mode != "dynamic":  # an ONNX input with a fixed batch keeps it
-        gm.meta[STATIC_KEY] = src.static_batch
-        gm.meta[BATCH_NOTE_KEY] = f"static: the ONNX input fixes its batch to {src.static_batch}"
-    restored = isinstance(src.model, ExportedProgram) and gm.meta[BATCH_NOTE_KEY].startswith("dynamic (restored")
-    if restored:  # the program only runs at its own batch: the reference runs it sample by sample
+        gm.meta[BATCH_KEY] = BatchPlan().static(src.static_batch, f"the ONNX input fixes its batch to {src.static_batch}")
+    plan = BatchPlan.of(gm)
+    if plan.restored:  # the program only runs at its own batch: the reference runs it sample by sample
         original = PerSample(original)
     if isinstance(batch, int):
-        if gm.meta[STATIC_KEY] and gm.meta[STATIC_KEY] != batch:
-            raise InputError(f"batch {batch}: the model runs only at batch {gm.meta[STATIC_KEY]} "
-                             f"({gm.meta[BATCH_NOTE_KEY]})")
+        if plan.size and plan.size != batch:
+            raise InputError(f"batch {batch}: the model runs only at batch {plan.size} ({plan.note})")
         inputs = tuple(torch.cat([x[:1]] * batch) for x in inputs)
-        gm.meta[INPUTS_KEY], gm.meta[STATIC_KEY] = inputs, batch
-        gm.meta[BATCH_NOTE_KEY] = f"static: fixed to {batch} on request"
+        gm.meta[INPUTS_KEY] = inputs
+        gm.meta[BATCH_KEY] = plan = plan.static(batch, f"fixed to {batch} on request")
     timings["trace"] = time.perf_counter() - t0
     before = GraphStats.of(gm)
     t0 = time.perf_counter()
@@ -321,16 +323,15 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
         report_warnings.append(f"the passes still changed the graph in round {result.rounds}, the last one allowed: "
                                "the result is correct (verified) but may not be fully optimized")
     optimized = result.module
-    static = optimized.meta.get(STATIC_KEY)
-    batch_note = gm.meta.get(BATCH_NOTE_KEY, "dynamic")
+    static = BatchPlan.of(optimized).size
     if static and not isinstance(batch, int):
-        report_warnings.append(f"the batch stays fixed at {static}: {batch_note.removeprefix('static: ')}")
+        report_warnings.append(f"the batch stays fixed at {static}: {plan.note.removeprefix('static: ')}")
     report = Report(
         source=source or src.name or type(src.model).__name__, pipeline=pipeline,
         input_shapes=[list(x.shape) for x in inputs], before=before, after=GraphStats.of(optimized),
         notes=result.notes, rounds=result.rounds, changed_by=result.changed_by, static_batch=static, timings=timings,
         warnings=report_warnings,
-        batch=batch_note,
+        batch=plan.note,
     )
     report.max_error = _max_error(optimized, original, inputs, static)
     opset = DEFAULT_OPSET

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from .graph import STATIC_KEY, inputs_of, random_like
+from .graph import BatchPlan, inputs_of, random_like
 
 DYNAMIC_BATCHES = (1, 2)
 
@@ -65,7 +65,7 @@ class _Recorder(fx.Interpreter):
 
 
 def batches_of(gm: fx.GraphModule) -> tuple[int, ...]:
-    static = gm.meta.get(STATIC_KEY)
+    static = BatchPlan.of(gm).size
     return (static,) if static else DYNAMIC_BATCHES
 
 

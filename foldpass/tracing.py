@@ -18,14 +18,13 @@ from torch.export import Dim, ExportedProgram
 
 from .defaults import DEFAULT_ATOL, DEFAULT_RTOL
 from .errors import InputError
-from .graph import INPUTS_KEY, STATIC_KEY, VIEW_OPS, random_like
+from .graph import BATCH_KEY, INPUTS_KEY, VIEW_OPS, BatchPlan, random_like
 from .quiet import quiet
 from .shapes import infer_shapes
 from .verification import compare, output_tensors
 
 aten = torch.ops.aten
 
-BATCH_NOTE_KEY = "foldpass_batch_note"  # gm.meta: how the batch came out (dynamic, restored, static and why)
 
 
 
@@ -36,18 +35,17 @@ def trace(model: torch.nn.Module | ExportedProgram, inputs: tuple[torch.Tensor, 
     batch: "auto" -- dynamic where the model allows it; an ExportedProgram that fixes its batch only
     because it was exported without dynamic_shapes gets a dynamic batch back (restore_dynamic_batch);
     "dynamic" -- the same, but an error where the batch cannot be dynamic; "static" -- as traced.
-    What happened is in gm.meta[BATCH_NOTE_KEY].
+    What happened is gm's BatchPlan (graph.BatchPlan.of(gm)).
     """
     if isinstance(model, ExportedProgram):
         ep, static = model, _has_static_batch(model)
     else:
         ep, static, _ = _export(model, inputs, dynamic=batch != "static")
     gm = _normalize(ep, inputs, static)
-    gm.meta[BATCH_NOTE_KEY] = "dynamic" if not static else "static: the model fixes its batch size"
     if static and batch != "static" and isinstance(model, ExportedProgram):
         gm = restore_dynamic_batch(gm, inputs)
-    if batch == "dynamic" and gm.meta[STATIC_KEY]:
-        raise InputError(f"the batch cannot be dynamic: {gm.meta[BATCH_NOTE_KEY]}")
+    if batch == "dynamic" and BatchPlan.of(gm).size:
+        raise InputError(f"the batch cannot be dynamic: {BatchPlan.of(gm).note}")
     return gm
 
 
@@ -59,7 +57,8 @@ def _normalize(ep: ExportedProgram, inputs: tuple[torch.Tensor, ...], static: bo
         gm = ep.module()
     gm = fx.GraphModule(gm, gm.graph)  # a plain GraphModule: ep.module()'s own class refuses .eval() / .train()
     gm.meta[INPUTS_KEY] = tuple(inputs)
-    gm.meta[STATIC_KEY] = inputs[0].shape[0] if static else None
+    gm.meta[BATCH_KEY] = BatchPlan().static(inputs[0].shape[0], "the model fixes its batch size") if static \
+        else BatchPlan()
     _strip_guards(gm)
     canonicalize_batch_views(gm)
     gm.eval()  # the ops are already the eval-mode ones
@@ -188,20 +187,20 @@ def restore_dynamic_batch(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) 
     """A program exported at a fixed batch (torch.export without dynamic_shapes specializes it) is
     traced again with a dynamic batch, then checked: at batch 1 it must equal the program, and at
     batch 3 each sample must equal that sample run alone. Where either fails, or torch.export cannot
-    make the batch dynamic, the static graph is kept and gm.meta[BATCH_NOTE_KEY] says why, naming the node.
+    make the batch dynamic, the static graph is kept and its BatchPlan says why, naming the node.
     """
     ep, static, why = _export(gm, inputs)
     if static:
         why = why or "torch.export kept it fixed"
-        gm.meta[BATCH_NOTE_KEY] = f"static: the batch cannot be made dynamic ({why})"
+        gm.meta[BATCH_KEY] = BatchPlan.of(gm).static(inputs[0].shape[0], f"the batch cannot be made dynamic ({why})")
         return gm
     new = _normalize(ep, inputs, static=False)
     mixing = _batch_mixing_node(gm, new, inputs)
     if mixing:
-        gm.meta[BATCH_NOTE_KEY] = f"static: {mixing}"
+        gm.meta[BATCH_KEY] = BatchPlan.of(gm).static(inputs[0].shape[0], mixing)
         return gm
-    new.meta[BATCH_NOTE_KEY] = (f"dynamic (restored: the program was exported at batch {inputs[0].shape[0]}; "
-                                "checked sample by sample at batch 3)")
+    new.meta[BATCH_KEY] = BatchPlan(None, True, f"dynamic (restored: the program was exported at batch "
+                                                f"{inputs[0].shape[0]}; checked sample by sample at batch 3)")
     return new
 
 
