@@ -109,6 +109,8 @@ class OptimizeResult:
 
         def gate(written: str) -> None:
             t0 = time.perf_counter()
+            stamped = onnx.load(written, load_external_data=False)  # the file as it is checked
+            checked_graph = stamped.graph.SerializeToString()
             # the reference runs once per case, however many checks the gate makes on its outputs
             reference, cases = Recorded(self.reference or self.original), self.gate_inputs(extra_inputs)
             try:
@@ -126,8 +128,9 @@ class OptimizeResult:
                     "foldpass was held to twice that plus the tolerance")
             self.report.verification = checked[0].as_dict()
             self.report.timings["verify"] = time.perf_counter() - t0
-            stamped = onnx.load(written, load_external_data=False)  # the verified file also says how it was verified
-            stamp(stamped, self.module, self._metadata())
+            stamp(stamped, self.module, self._metadata())  # the verified file also says how it was verified
+            if stamped.graph.SerializeToString() != checked_graph:  # metadata only: the graph is the bytes checked
+                raise VerificationError("the file's graph changed after its check (stamping its metadata); not written")
             onnx.save(stamped, written)
 
         save_atomic(model, path, check=gate if verify_output else None, force=force)

@@ -86,3 +86,22 @@ def test_the_reference_runs_once_per_case_on_the_failure_path(tmp_path):
     check = result.save_onnx(tmp_path / "m.onnx", compare_direct=False)
     assert check.basis == "float32 noise"  # the failure path ran
     assert len(calls) == len(result.gate_inputs()), calls
+
+
+def test_the_graph_written_is_the_graph_checked(tmp_path, monkeypatch):
+    """The gate stamps how the file was verified into it after the check: that second write may
+    change metadata only. A stamp that touched the graph (here: a weight) is refused, nothing written."""
+    import foldpass.optimizer
+
+    result = foldpass.optimize(models.CNN3(width=4, t=0.0).eval(), torch.randn(1, 1, 28, 28))
+    real = foldpass.optimizer.stamp
+
+    def tampering(model, gm, metadata):
+        if "max_abs_error" in metadata:  # the stamp after the check
+            model.graph.initializer[0].raw_data = bytes(len(model.graph.initializer[0].raw_data))
+        return real(model, gm, metadata)
+
+    monkeypatch.setattr(foldpass.optimizer, "stamp", tampering)
+    with pytest.raises(VerificationError, match="changed after its check"):
+        result.save_onnx(tmp_path / "m.onnx", compare_direct=False)
+    assert list(tmp_path.iterdir()) == []
