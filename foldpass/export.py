@@ -189,8 +189,11 @@ def rename_batch_axis(model: onnx.ModelProto, name: str | None, exported_as: str
 def direct_export(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: int = DEFAULT_OPSET,
                   dynamic_batch: bool = True) -> onnx.ModelProto:
     """The model exported the usual way, without foldpass: torch.onnx.export(dynamo=True) with its own
-    optimizer on (the peer foldpass's files are compared with)."""
+    optimizer on (the peer foldpass's files are compared with). `module` may be the ExportedProgram
+    torch.export already made of it (dynamic batch): torch.onnx then translates it without exporting again."""
     dynamic = tuple({0: Dim("batch")} for _ in inputs) if dynamic_batch else None
+    if isinstance(module, torch.export.ExportedProgram):
+        dynamic = None  # the program carries its own
     with quiet(), torch.no_grad():
         program = torch.onnx.export(module, batch_of_two(inputs) if dynamic_batch else inputs, dynamo=True,
                                     opset_version=opset, dynamic_shapes=dynamic, optimize=True, verbose=False)

@@ -30,7 +30,7 @@ from .precision import PRECISIONS, to_half
 from .provenance import sha256, stamp
 from .quiet import quiet
 from .report import GraphStats, Report
-from .tracing import batch_of_two, trace
+from .tracing import batch_of_two, program_of, trace
 from .verification import (DEFAULT_ATOL, DEFAULT_RTOL, LARGE_BATCH, Recorded, Verification, check_tolerances, compare,
                            effective_rtol, export_errors, float32_noise, float64_errors, output_tensors,
                            verification_inputs, verify, verify_module)
@@ -49,6 +49,7 @@ class OptimizeResult:
     io_names: tuple[list[str] | None, list[str] | None] = (None, None)
     source_path: str | None = None  # the file the model was read from: never written over
     batch_name: str | None = None  # the source's name for its batch axis
+    program: ExportedProgram | None = field(default=None, repr=False)  # the original as torch.export traced it
     _source_sha256: str | None = field(default=None, repr=False)
 
     @property
@@ -161,7 +162,10 @@ class OptimizeResult:
         if self.source_path and self.source_path.endswith(".onnx"):
             peer, what = onnx_op_counts(onnx.load(self.source_path, load_external_data=False)), "the source ONNX"
         else:
-            peer = direct_export_ops(self.original, self.inputs, opset or self.opset, self.batch_plan.size is None)
+            dynamic = self.batch_plan.size is None
+            # the program torch.export already traced (dynamic batch): torch.onnx translates it, no second export
+            original = self.program if dynamic and self.program is not None else self.original
+            peer = direct_export_ops(original, self.inputs, opset or self.opset, dynamic)
             what = "the direct export (torch.onnx.export, dynamo=True)"
         self.report.timings["direct export"] = time.perf_counter() - t0
         if isinstance(peer, str):
@@ -344,6 +348,7 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
         report_warnings.append(f"the input is opset {src.opset}: written as opset {DEFAULT_OPSET} "
                                f"(foldpass exports opset {MIN_OPSET} or newer)")
     return OptimizeResult(optimized, report, original, inputs, reference=src.reference, opset=opset,
+                          program=None if plan.restored or plan.size else program_of(gm),
                           io_names=(src.input_names, src.output_names), source_path=src.path,
                           batch_name=src.batch_name)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+import weakref
 
 import torch
 import torch.fx as fx
@@ -42,11 +43,23 @@ def trace(model: torch.nn.Module | ExportedProgram, inputs: tuple[torch.Tensor, 
     else:
         ep, static, _ = _export(model, inputs, dynamic=batch != "static")
     gm = _normalize(ep, inputs, static)
+    if not static:
+        _PROGRAMS[gm] = ep
     if static and batch != "static" and isinstance(model, ExportedProgram):
         gm = restore_dynamic_batch(gm, inputs)
     if batch == "dynamic" and BatchPlan.of(gm).size:
         raise InputError(f"the batch cannot be dynamic: {BatchPlan.of(gm).note}")
     return gm
+
+
+# gm -> the program torch.export traced it from (dynamic batch only): the direct-export comparison
+# hands it to torch.onnx instead of exporting the model a second time. Weak: never copied with gm.
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def program_of(gm: fx.GraphModule) -> ExportedProgram | None:
+    """The dynamic-batch program gm was traced from (before foldpass's decompositions), if any."""
+    return _PROGRAMS.get(gm)
 
 
 def _normalize(ep: ExportedProgram, inputs: tuple[torch.Tensor, ...], static: bool) -> fx.GraphModule:

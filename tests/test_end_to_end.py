@@ -81,3 +81,21 @@ def test_caller_model_is_not_changed():
     model = models.CNN3(width=4, t=0.5).train()
     optimize(model, torch.randn(1, 1, 28, 28), set_t=0.0)
     assert model.training and model.blend.t.item() == 0.5
+
+
+def test_the_direct_export_comparison_translates_the_traced_program_to_the_same_ops(monkeypatch):
+    """The comparison hands torch.onnx the program foldpass's trace already exported (no second
+    torch.export): the same op counts as exporting the model; a batch fixed on request has no program."""
+    import foldpass.optimizer
+    from foldpass.export import direct_export_ops
+
+    model = randomize_batchnorm(models.CNN6(width=4, t=0.5)).eval()
+    result = optimize(model, torch.randn(1, 1, 28, 28))
+    assert result.program is not None
+    assert direct_export_ops(result.program, result.inputs) == direct_export_ops(result.original, result.inputs)
+    handed = []
+    monkeypatch.setattr(foldpass.optimizer, "direct_export_ops", lambda m, *a: handed.append(m) or {})
+    result.report.onnx_ops = {}
+    result._compare_direct(None)
+    assert handed == [result.program]
+    assert optimize(model, torch.randn(1, 1, 28, 28), batch=4).program is None

@@ -157,3 +157,25 @@ def test_zoo_seeds_page_counts_bases_and_refusals(tmp_path):
     assert "refused at 1 of 1 seeds" in page and "covers 2 of the zoo's 77 models" in page
     assert "Not verified: tv:resnet18 seed 1." in page
     assert "| ghostnetv3_050 | 1e-06 | 0.07 (float32 noise) | 5 s |" in page
+
+
+def test_compile_time_page_gives_each_model_its_verdict_and_the_totals():
+    import compile_time
+
+    def row(seconds, export, compare=5.0):
+        phases = {"load": 1.0, "trace": 2.0, "passes": seconds - 13.0 - compare, "export": 5.0, "direct export": compare,
+                  "verify": 4.0, "other": 1.0}
+        return {"status": "verified", "export_seconds": export, "onnxsim_seconds": 3.0, "onnxsim_ops": 90,
+                "direct_ops": 100, "foldpass": {"seconds": seconds, "phases": phases, "ops": 80,
+                                                "passes": {"affine_folding": 20.0, "constant_propagation": 1.0}}}
+
+    results = {"meta": {"machine": "test", "date": "2026-12-03"}, "models": {
+        "fast": row(30.0, 10.0), "slow": row(90.0, 20.0), "big export": row(70.0, 40.0),
+        "broken": {"status": "crashed", "error": "boom"}}}
+    page = compile_time.markdown(results)
+    assert "**2 of 3** models within the goal" in page  # 90 s against a 20 s export misses; 70 s < 2 x 40 s meets
+    assert "foldpass 190 s (175 s without the direct-export comparison), `torch.onnx.export` alone 70 s: 2.71 x" in page
+    assert "| slow | 90.0 s | 20.0 s | 3.0 s | 1.0 | 2.0 | 72.0 | 5.0 | 5.0 | 4.0 | 1.0 | affine_folding 20.0 s | " \
+           "100 / 90 / 80 | **no** |" in page
+    assert page.index("| slow |") < page.index("| big export |") < page.index("| fast |")  # slowest first
+    assert "broken (crashed: boom)" in page
