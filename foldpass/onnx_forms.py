@@ -7,6 +7,14 @@ value. A lowering after export (the IR has no such ops), each rule exact:
         of efficientnet / mobilenet this way; onnxruntime's CPU provider has a faster NCHWc kernel
         for it than for ReduceMean (issue 28: efficientnet_b0 0.955x without it).
 
+    x * (0.5 * (1 + Erf(x / sqrt(2))))  ->  (x * 0.5) * (1 + Erf(x / sqrt(2)))
+    x * (0.5 * (1 + Tanh(...)))          ->  (x * 0.5) * (1 + Tanh(...))
+        GELU (exact, and its tanh approximation) as torch.onnx's opset-18 translation writes it,
+        reassociated into the form onnxruntime's GeluFusion / FastGeluFusion match (one kernel for
+        five or eight elementwise ops; neither matches the exporter's order, both the TorchScript
+        exporter's: maxvit_t's and the ViTs' MLPs). Multiplying by 0.5 is exact in binary floating
+        point (outside the subnormal range), so both orders give the same value, whatever the rest.
+
 The verification gate then checks the written file against the original, as for every fold.
 """
 
@@ -14,6 +22,19 @@ from __future__ import annotations
 
 import onnx
 from onnx import numpy_helper
+
+
+def _constant(model: onnx.ModelProto, name: str):
+    """The value of an initializer or Constant node named `name`, as a numpy array (None if not constant)."""
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            for a in node.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+    return None
 
 
 def _constant_ints(model: onnx.ModelProto, name: str) -> list[int] | None:
@@ -75,4 +96,46 @@ def global_average_pools(model: onnx.ModelProto) -> int:
             node.input.append(x)
             del node.attribute[:]
             count += 1
+    return count
+
+
+def _is_scalar(model: onnx.ModelProto, name: str, value: float) -> bool:
+    c = _constant(model, name)
+    return c is not None and c.size == 1 and c.dtype.kind == "f" and float(c.reshape(-1)[0]) == float(
+        c.dtype.type(value))
+
+
+def gelu_forms(model: onnx.ModelProto) -> int:
+    """Reassociates each `x * (0.5 * (1 + Erf(.) or Tanh(.)))` into `(x * 0.5) * (1 + ...)`, in place;
+    returns how many."""
+    nodes = model.graph.node
+    producer = {o: n for n in nodes for o in n.output}
+    readers: dict[str, int] = {}
+    for n in nodes:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+
+    def made_by(name: str, *ops: str):
+        n = producer.get(name)
+        return n if n is not None and n.op_type in ops and n.domain in ("", "ai.onnx") else None
+
+    count = 0
+    for outer in nodes:
+        if outer.op_type != "Mul" or outer.domain not in ("", "ai.onnx") or len(outer.input) != 2:
+            continue
+        for k in (0, 1):
+            x, inner = outer.input[1 - k], made_by(outer.input[k], "Mul")
+            if inner is None or readers.get(inner.output[0]) != 1 or x in inner.input:
+                continue
+            half = next((i for i in inner.input if _is_scalar(model, i, 0.5)), None)
+            add = made_by(inner.input[1] if inner.input[0] == half else inner.input[0], "Add") if half else None
+            if add is None or readers.get(add.output[0]) != 1:
+                continue
+            squash = next((e for e in (made_by(i, "Erf", "Tanh") for i in add.input) if e is not None), None)
+            if squash is None or not any(_is_scalar(model, i, 1.0) for i in add.input if i != squash.output[0]):
+                continue
+            inner.input[:] = [x, half]  # x * 0.5
+            outer.input[:] = [inner.output[0], add.output[0]]  # (x * 0.5) * (1 + squash)
+            count += 1
+            break
     return count

@@ -53,3 +53,57 @@ def test_a_float16_mean_keeps_its_reduce_mean():
     """onnxruntime's CPU provider has GlobalAveragePool for float32 only: a float16 model is left as it is."""
     proto = to_onnx(SqueezeExcite().half().eval(), (torch.randn(1, 4, 8, 8).half(),))
     assert "GlobalAveragePool" not in ops(proto) and ops(proto).count("ReduceMean") == 3
+
+
+class MLP(nn.Module):
+    """A transformer MLP with exact GELU, and GELU's tanh approximation beside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.b(nn.functional.gelu(self.a(x))) + nn.functional.gelu(x, approximate="tanh")
+
+
+def _fused(path, tmp_path) -> list[str]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "fused.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ops(onnx.load(str(tmp_path / "fused.onnx")))
+
+
+def test_gelu_is_written_in_the_order_onnxruntime_fuses(tmp_path):
+    """torch.onnx writes x * (0.5 * (1 + erf(x / sqrt 2))); onnxruntime fuses (x * 0.5) * (1 + ...)
+    into one Gelu (and the tanh form into one FastGelu). Under onnxruntime the direct export keeps
+    its elementwise ops; foldpass's file has one kernel each."""
+    from foldpass.export import direct_export
+    from foldpass.onnx_forms import gelu_forms
+
+    model, x = MLP().eval(), torch.randn(2, 5, 8)
+    foldpass.optimize(model, x[:1]).save_onnx(tmp_path / "mlp.onnx")
+    direct = direct_export(model, (x[:1],))
+    onnx.save(direct, str(tmp_path / "direct.onnx"))
+    assert "Erf" in _fused(tmp_path / "direct.onnx", tmp_path)  # not fused as the exporter writes it
+    fused = _fused(tmp_path / "mlp.onnx", tmp_path)
+    assert fused.count("Gelu") + fused.count("BiasGelu") == 1 and "Erf" not in fused  # (with the linear's bias)
+    assert fused.count("FastGelu") == 1 and "Tanh" not in fused
+    assert gelu_forms(direct) == 2 and gelu_forms(direct) == 0  # two rewrites; a second run changes nothing
+    session = ort.InferenceSession(str(tmp_path / "mlp.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], want, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_half_scaled_sigmoid_is_not_rewritten():
+    class NotGelu(nn.Module):
+        def forward(self, x):
+            return x * (0.5 * (1 + torch.sigmoid(x)))
+
+    proto = to_onnx(NotGelu().eval(), (torch.randn(1, 4),))
+    from foldpass.onnx_forms import gelu_forms
+
+    before = [list(n.input) for n in proto.graph.node]
+    assert gelu_forms(proto) == 0 and [list(n.input) for n in proto.graph.node] == before
