@@ -340,7 +340,9 @@ def cmd_optimize(args) -> int:
         status.update("tracing and running passes")
         result = foldpass.optimize(source, pipeline=args.pipeline, set_t=args.set_t, max_fold_bytes=args.max_fold_bytes,
                                    on_pass=lambda name: status.update(f"pass: {name}"),
-                                   batch=args.batch or args.batch_mode or "auto")
+                                   batch=args.batch or args.batch_mode or "auto",
+                                   compare_direct=not args.output.endswith(".pt2") and not args.no_compare_direct
+                                   and args.precision == "fp32")
         if args.output.endswith(".pt2"):  # for AOTInductor / ExecuTorch: verified in PyTorch
             status.update("exporting the program and verifying it in PyTorch")
             result.save_pt2(paths["--output"], verify_output=not args.no_verify, rtol=args.rtol, atol=args.atol,

@@ -8,6 +8,7 @@ import math
 import os
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,6 +27,7 @@ from .graph import BATCH_KEY, INPUTS_KEY, BatchPlan, op_name
 from .loading import Source
 from .outputs import atomic_write, check_outputs
 from .passes import run_pipeline
+from .peer import DirectOps
 from .precision import PRECISIONS, to_half
 from .provenance import sha256, stamp
 from .quiet import quiet
@@ -51,6 +53,7 @@ class OptimizeResult:
     batch_name: str | None = None  # the source's name for its batch axis
     program: ExportedProgram | None = field(default=None, repr=False)  # the original as torch.export traced it
     _source_sha256: str | None = field(default=None, repr=False)
+    _peer: tuple[int, DirectOps] | None = field(default=None, repr=False)  # (opset, the count started by optimize)
 
     @property
     def batch_plan(self) -> BatchPlan:
@@ -97,6 +100,20 @@ class OptimizeResult:
         """
         path = check_outputs({"output": os.fspath(path)}, [self.source_path], force)["output"]
         check_tolerances(rtol, atol)
+        compare = compare_direct and precision == "fp32"
+        # the direct export counted on a second core while this process exports and verifies (peer.py)
+        peer = None
+        if compare and self._direct_program():
+            peer = self._started_peer(opset or self.opset) or DirectOps.start(self.program, opset or self.opset)
+        try:
+            return self._save_onnx(path, verify_output, rtol, atol, extra_inputs, opset, force, precision, half_io,
+                                   compare, peer)
+        finally:
+            if peer is not None:
+                peer.cancel()
+
+    def _save_onnx(self, path, verify_output, rtol, atol, extra_inputs, opset, force, precision, half_io, compare,
+                   peer) -> Verification | None:
         t0 = time.perf_counter()
         model = self.to_onnx(opset, precision, half_io)
         self.report.precision = precision + (" (float16 inputs and outputs)" if half_io else "")
@@ -104,8 +121,8 @@ class OptimizeResult:
             rtol = effective_rtol(rtol, torch.float16)
         self.report.timings["export"] = time.perf_counter() - t0
         self.report.onnx_ops = onnx_op_counts(model)
-        if compare_direct and precision == "fp32":
-            self._compare_direct(opset)
+        if compare and not verify_output:
+            self._compare_direct(opset, peer)
         checked: list[Verification] = []
 
         def gate(written: str) -> None:
@@ -129,6 +146,8 @@ class OptimizeResult:
                     "foldpass was held to twice that plus the tolerance")
             self.report.verification = checked[0].as_dict()
             self.report.timings["verify"] = time.perf_counter() - t0
+            if compare:  # before the stamp: the report it writes holds the comparison
+                self._compare_direct(opset, peer)
             stamp(stamped, self.module, self._metadata())  # the verified file also says how it was verified
             if stamped.graph.SerializeToString() != checked_graph:  # metadata only: the graph is the bytes checked
                 raise VerificationError("the file's graph changed after its check (stamping its metadata); not written")
@@ -156,16 +175,34 @@ class OptimizeResult:
         finally:
             self.report.timings["unoptimized export"] = time.perf_counter() - t0
 
-    def _compare_direct(self, opset: int | None) -> None:
-        """The guard against a file bigger than the usual export: report.direct_ops, and a warning."""
+    def _started_peer(self, opset: int) -> DirectOps | None:
+        """The count optimize(compare_direct=True) started, if it is for this opset (else it stops)."""
+        started, self._peer = self._peer, None
+        if started is None:
+            return None
+        if started[0] != opset:
+            started[1].cancel()
+            return None
+        return started[1]
+
+    def _direct_program(self) -> bool:
+        """Whether the direct export is the program the trace made (a PyTorch source, dynamic batch)."""
+        onnx_source = (self.source_path or "").endswith(".onnx")
+        return not onnx_source and self.batch_plan.size is None and self.program is not None
+
+    def _compare_direct(self, opset: int | None, running: DirectOps | None = None) -> None:
+        """The guard against a file bigger than the usual export: report.direct_ops, and a warning.
+        `running`: the count started on another core (its wait is the time reported)."""
         t0 = time.perf_counter()
         if self.source_path and self.source_path.endswith(".onnx"):
             peer, what = onnx_op_counts(onnx.load(self.source_path, load_external_data=False)), "the source ONNX"
         else:
-            dynamic = self.batch_plan.size is None
-            # the program torch.export already traced (dynamic batch): torch.onnx translates it, no second export
-            original = self.program if dynamic and self.program is not None else self.original
-            peer = direct_export_ops(original, self.inputs, opset or self.opset, dynamic)
+            peer = running.result() if running is not None else None
+            if peer is None:  # not started, or it did not answer: counted here
+                dynamic = self.batch_plan.size is None
+                # the program torch.export already traced: torch.onnx translates it, no second export
+                original = self.program if self._direct_program() else self.original
+                peer = direct_export_ops(original, self.inputs, opset or self.opset, dynamic)
             what = "the direct export (torch.onnx.export, dynamo=True)"
         self.report.timings["direct export"] = time.perf_counter() - t0
         if isinstance(peer, str):
@@ -271,12 +308,14 @@ def _prepare(model: torch.nn.Module, t: float | None, report_warnings: list[str]
 def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=None, *, pipeline: str = "default",
              set_t: float | None = None, max_fold_bytes: int = DEFAULT_MAX_FOLD_BYTES,
              source: str | None = None, on_pass: Callable[[str], None] | None = None,
-             batch: str | int = "auto") -> OptimizeResult:
+             batch: str | int = "auto", compare_direct: bool = False) -> OptimizeResult:
     """Traces `model`, runs the named pipeline to a fixed point, and reports what changed.
 
     `model`: an nn.Module, an ExportedProgram, or the `Source` that `load_source` returns (then
     `example_input` comes from it). `example_input`: a tensor (or tuple of tensors) with a batch
     dimension; its values do not matter.
+    `compare_direct`: a `save_onnx` that compares with the direct export will follow; its count
+    starts now on a second core (peer.py), beside the passes.
     `batch`: "auto" (dynamic where the model allows it; a .pt2 exported at a fixed batch gets a
     dynamic one back when its graph does not depend on it), "dynamic" (an error where it cannot
     be), "static" (as the source has it), or an int (fixed to that size on purpose).
@@ -320,37 +359,46 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
         inputs = tuple(torch.cat([x[:1]] * batch) for x in inputs)
         gm.meta[INPUTS_KEY] = inputs
         gm.meta[BATCH_KEY] = plan = plan.static(batch, f"fixed to {batch} on request")
-    timings["trace"] = time.perf_counter() - t0
-    before = GraphStats.of(gm)
-    t0 = time.perf_counter()
-    result = run_pipeline(gm, pipeline, max_fold_bytes=max_fold_bytes, on_pass=on_pass)
-    timings["passes"] = time.perf_counter() - t0
-    timings.update({f"pass {name}": seconds for name, seconds in result.seconds.items()})
-    if not result.fixed_point:
-        report_warnings.append(f"the passes still changed the graph in round {result.rounds}, the last one allowed: "
-                               "the result is correct (verified) but may not be fully optimized")
-    optimized = result.module
-    static = BatchPlan.of(optimized).size
-    if static and not isinstance(batch, int):
-        report_warnings.append(f"the batch stays fixed at {static}: {plan.note.removeprefix('static: ')}")
-    report = Report(
-        source=source or src.name or type(src.model).__name__, pipeline=pipeline,
-        input_shapes=[list(x.shape) for x in inputs], before=before, after=GraphStats.of(optimized),
-        notes=result.notes, rounds=result.rounds, changed_by=result.changed_by, static_batch=static, timings=timings,
-        warnings=report_warnings,
-        batch=plan.note,
-    )
-    report.max_error = _max_error(optimized, original, inputs, static)
-    opset = DEFAULT_OPSET
-    if src.opset is not None and src.opset >= MIN_OPSET:
-        opset = src.opset
-    elif src.opset is not None:
-        report_warnings.append(f"the input is opset {src.opset}: written as opset {DEFAULT_OPSET} "
-                               f"(foldpass exports opset {MIN_OPSET} or newer)")
-    return OptimizeResult(optimized, report, original, inputs, reference=src.reference, opset=opset,
-                          program=None if plan.restored or plan.size else program_of(gm),
-                          io_names=(src.input_names, src.output_names), source_path=src.path,
-                          batch_name=src.batch_name)
+    program = None if plan.restored or plan.size else program_of(gm)
+    opset = src.opset if src.opset is not None and src.opset >= MIN_OPSET else DEFAULT_OPSET
+    onnx_source = (src.path or "").endswith(".onnx")
+    peer = DirectOps.start(program, opset) if compare_direct and program is not None and not onnx_source else None
+    try:  # a failure from here on stops the count started beside it
+        timings["trace"] = time.perf_counter() - t0
+        before = GraphStats.of(gm)
+        t0 = time.perf_counter()
+        result = run_pipeline(gm, pipeline, max_fold_bytes=max_fold_bytes, on_pass=on_pass)
+        timings["passes"] = time.perf_counter() - t0
+        timings.update({f"pass {name}": seconds for name, seconds in result.seconds.items()})
+        if not result.fixed_point:
+            report_warnings.append(f"the passes still changed the graph in round {result.rounds}, the last one allowed: "
+                                   "the result is correct (verified) but may not be fully optimized")
+        optimized = result.module
+        static = BatchPlan.of(optimized).size
+        if static and not isinstance(batch, int):
+            report_warnings.append(f"the batch stays fixed at {static}: {plan.note.removeprefix('static: ')}")
+        report = Report(
+            source=source or src.name or type(src.model).__name__, pipeline=pipeline,
+            input_shapes=[list(x.shape) for x in inputs], before=before, after=GraphStats.of(optimized),
+            notes=result.notes, rounds=result.rounds, changed_by=result.changed_by, static_batch=static, timings=timings,
+            warnings=report_warnings,
+            batch=plan.note,
+        )
+        report.max_error = _max_error(optimized, original, inputs, static)
+        if src.opset is not None and src.opset < MIN_OPSET:
+            report_warnings.append(f"the input is opset {src.opset}: written as opset {DEFAULT_OPSET} "
+                                   f"(foldpass exports opset {MIN_OPSET} or newer)")
+        out = OptimizeResult(optimized, report, original, inputs, reference=src.reference, opset=opset,
+                             program=program, _peer=None if peer is None else (opset, peer),
+                             io_names=(src.input_names, src.output_names), source_path=src.path,
+                             batch_name=src.batch_name)
+    except BaseException:
+        if peer is not None:
+            peer.cancel()
+        raise
+    if peer is not None:
+        weakref.finalize(out, peer.cancel)  # a result never saved does not leave the count running
+    return out
 
 
 def check_options(set_t: float | None = None, max_fold_bytes: int | None = None, rtol: float | None = None,

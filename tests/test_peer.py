@@ -1,0 +1,92 @@
+"""peer.py: the direct export's op counts from a second process, and every way back to counting in this one."""
+
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+import foldpass
+import models
+from foldpass import peer
+from foldpass.export import direct_export_ops
+from models import randomize_batchnorm
+
+
+def _result():
+    return foldpass.optimize(randomize_batchnorm(models.CNN3(width=4)).eval(), torch.randn(1, 1, 28, 28))
+
+
+def _leftovers():
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "foldpass-peer-*")))
+
+
+def test_the_second_process_counts_what_this_one_would(monkeypatch):
+    monkeypatch.setattr(peer, "_cores", lambda: 2)
+    result, before = _result(), _leftovers()
+    running = peer.DirectOps.start(result.program, 18)
+    assert running is not None
+    assert running.result() == direct_export_ops(result.program, result.inputs)
+    assert _leftovers() == before  # its folder is gone
+
+
+def test_one_core_or_a_large_program_counts_in_this_process(monkeypatch):
+    result = _result()
+    monkeypatch.setattr(peer, "_cores", lambda: 1)
+    assert peer.DirectOps.start(result.program, 18) is None
+    monkeypatch.setattr(peer, "_cores", lambda: 2)
+    monkeypatch.setattr(peer, "MAX_PROGRAM_BYTES", 10)
+    assert peer.DirectOps.start(result.program, 18) is None
+
+
+def test_a_peer_that_does_not_answer_is_counted_here(tmp_path):
+    result = _result()
+    result.report.onnx_ops = {"Gemm": 1}
+    silent = peer.DirectOps(str(tmp_path / "peer"), subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"],
+                                                                       stdout=subprocess.PIPE, text=True))
+    result._compare_direct(None, silent)
+    assert result.report.direct_ops == direct_export_ops(result.program, result.inputs)
+
+
+def test_save_onnx_compares_through_the_peer_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(peer, "_cores", lambda: 2)
+    started = []
+    real = peer.DirectOps.start
+    monkeypatch.setattr(peer.DirectOps, "start", classmethod(lambda cls, *a: started.append(1) or real(*a)))
+    result, before = _result(), _leftovers()
+    result.save_onnx(tmp_path / "m.onnx")
+    assert started and result.report.direct_ops == direct_export_ops(result.program, result.inputs)
+    assert "direct export" in result.report.timings and _leftovers() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_optimize_starts_the_count_beside_the_passes_and_save_onnx_takes_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(peer, "_cores", lambda: 2)
+    result = foldpass.optimize(randomize_batchnorm(models.CNN3(width=4)).eval(), torch.randn(1, 1, 28, 28),
+                               compare_direct=True)
+    running = result._peer[1]
+    result.save_onnx(tmp_path / "m.onnx")
+    assert result._peer is None and running._process.returncode == 0  # taken and finished
+    assert result.report.direct_ops == direct_export_ops(result.program, result.inputs)
+    other = foldpass.optimize(models.CNN3(width=4).eval(), torch.randn(1, 1, 28, 28), compare_direct=True)
+    stale = other._peer[1]
+    other.save_onnx(tmp_path / "o.onnx", opset=19)  # another opset: the started count stops, one for 19 runs
+    assert stale._process.poll() is not None  # stopped (killed, or it had finished): nothing left running
+    assert other.report.direct_ops == direct_export_ops(other.program, other.inputs, 19)
+
+
+def test_a_failed_optimize_stops_the_count(monkeypatch):
+    import foldpass.optimizer
+
+    monkeypatch.setattr(peer, "_cores", lambda: 2)
+    started = []
+    real = peer.DirectOps.start
+    monkeypatch.setattr(peer.DirectOps, "start", classmethod(lambda cls, *a: started.append(real(*a)) or started[-1]))
+    monkeypatch.setattr(foldpass.optimizer, "run_pipeline", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    try:
+        foldpass.optimize(models.CNN3(width=4).eval(), torch.randn(1, 1, 28, 28), compare_direct=True)
+    except RuntimeError:
+        pass
+    assert started and started[0]._process.poll() is not None  # not left running
