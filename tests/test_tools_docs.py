@@ -150,11 +150,13 @@ def test_zoo_seeds_page_counts_bases_and_refusals(tmp_path):
              "wrong_fold": "refused: verification failed"}
     results = {"meta": {"machine": "test", "versions": {"torch": "x"}, "date": "2026-12-03"}, "models": {
         "ghostnetv3_050": {"0": ok, "1": noisy},
-        "tv:resnet18": {"0": ok, "1": {"status": "refused", "message": "verification failed: 9", "seconds": 2.0}}}}
+        "tv:resnet18": {"0": ok, "1": {"status": "refused", "message": "verification failed: 9", "seconds": 2.0}},
+        "tv:swin_v2_b": {"0": ok}}}
     zoo_seeds.write_docs(results, str(tmp_path))
     page = (tmp_path / "zoo_seeds.md").read_text()
-    assert "**3 of 4** (model, seed) runs verified, over 2 models and seeds 0, 1; 1 of them on the float32" in page
-    assert "refused at 1 of 1 seeds" in page and "covers 2 of the zoo's 77 models" in page
+    assert "**4 of 5** (model, seed) runs verified, over 3 models and seeds 0, 1; 1 of them on the float32" in page
+    assert "refused at 1 of 1 seeds" in page
+    assert "covers 2 of the zoo's 77 models at every seed (in the zoo's order); tv:swin_v2_b at some seeds" in page
     assert "Not verified: tv:resnet18 seed 1." in page
     assert "| ghostnetv3_050 | 1e-06 | 0.07 (float32 noise) | 5 s |" in page
 
