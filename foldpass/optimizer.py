@@ -104,7 +104,8 @@ class OptimizeResult:
         # the direct export counted on a second core while this process exports and verifies (peer.py)
         peer = None
         if compare and self._direct_program():
-            peer = self._started_peer(opset or self.opset) or DirectOps.start(self.program, opset or self.opset)
+            peer = self._started_peer(opset or self.opset) or DirectOps.start(self.program, opset or self.opset,
+                                                                               self.report.timings.get("trace", 0.0))
         try:
             return self._save_onnx(path, verify_output, rtol, atol, extra_inputs, opset, force, precision, half_io,
                                    compare, peer)
@@ -362,7 +363,8 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
     program = None if plan.restored or plan.size else program_of(gm)
     opset = src.opset if src.opset is not None and src.opset >= MIN_OPSET else DEFAULT_OPSET
     onnx_source = (src.path or "").endswith(".onnx")
-    peer = DirectOps.start(program, opset) if compare_direct and program is not None and not onnx_source else None
+    peer = DirectOps.start(program, opset, time.perf_counter() - t0) \
+        if compare_direct and program is not None and not onnx_source else None
     try:  # a failure from here on stops the count started beside it
         timings["trace"] = time.perf_counter() - t0
         before = GraphStats.of(gm)

@@ -23,6 +23,9 @@ import sys
 import tempfile
 
 MAX_PROGRAM_BYTES = 512 << 20  # larger programs are counted in-process (saving them would cost what it saves)
+# A second interpreter spends about 5 s importing torch and torch.onnx before it counts: it pays only
+# where this process has that long of other work to do meanwhile. Its trace time is the proxy used.
+MIN_TRACE_S = 5.0
 TIMEOUT_S = 1800
 
 
@@ -38,12 +41,13 @@ class DirectOps:
         self._folder, self._process = folder, process
 
     @classmethod
-    def start(cls, program, opset: int) -> DirectOps | None:
-        """The count started beside this process, or None where it should run in this one."""
+    def start(cls, program, opset: int, trace_s: float = MIN_TRACE_S) -> DirectOps | None:
+        """The count started beside this process, or None where it should run in this one (one core,
+        a large program, or a model whose trace took under MIN_TRACE_S: counting here is quicker)."""
         import torch
 
         weights = sum(t.numel() * t.element_size() for t in program.state_dict.values() if isinstance(t, torch.Tensor))
-        if _cores() < 2 or weights > MAX_PROGRAM_BYTES:
+        if _cores() < 2 or weights > MAX_PROGRAM_BYTES or trace_s < MIN_TRACE_S:
             return None
         folder = tempfile.mkdtemp(prefix="foldpass-peer-")
         try:

@@ -32,11 +32,12 @@ def test_the_second_process_counts_what_this_one_would(monkeypatch):
     assert _leftovers() == before  # its folder is gone
 
 
-def test_one_core_or_a_large_program_counts_in_this_process(monkeypatch):
+def test_one_core_a_quick_trace_or_a_large_program_counts_in_this_process(monkeypatch):
     result = _result()
     monkeypatch.setattr(peer, "_cores", lambda: 1)
     assert peer.DirectOps.start(result.program, 18) is None
     monkeypatch.setattr(peer, "_cores", lambda: 2)
+    assert peer.DirectOps.start(result.program, 18, trace_s=1.0) is None  # a second interpreter would cost more
     monkeypatch.setattr(peer, "MAX_PROGRAM_BYTES", 10)
     assert peer.DirectOps.start(result.program, 18) is None
 
@@ -52,6 +53,7 @@ def test_a_peer_that_does_not_answer_is_counted_here(tmp_path):
 
 def test_save_onnx_compares_through_the_peer_and_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(peer, "_cores", lambda: 2)
+    monkeypatch.setattr(peer, "MIN_TRACE_S", 0.0)
     started = []
     real = peer.DirectOps.start
     monkeypatch.setattr(peer.DirectOps, "start", classmethod(lambda cls, *a: started.append(1) or real(*a)))
@@ -64,6 +66,7 @@ def test_save_onnx_compares_through_the_peer_and_leaves_nothing_behind(tmp_path,
 
 def test_optimize_starts_the_count_beside_the_passes_and_save_onnx_takes_it(tmp_path, monkeypatch):
     monkeypatch.setattr(peer, "_cores", lambda: 2)
+    monkeypatch.setattr(peer, "MIN_TRACE_S", 0.0)
     result = foldpass.optimize(randomize_batchnorm(models.CNN3(width=4)).eval(), torch.randn(1, 1, 28, 28),
                                compare_direct=True)
     running = result._peer[1]
@@ -81,6 +84,7 @@ def test_a_failed_optimize_stops_the_count(monkeypatch):
     import foldpass.optimizer
 
     monkeypatch.setattr(peer, "_cores", lambda: 2)
+    monkeypatch.setattr(peer, "MIN_TRACE_S", 0.0)
     started = []
     real = peer.DirectOps.start
     monkeypatch.setattr(peer.DirectOps, "start", classmethod(lambda cls, *a: started.append(real(*a)) or started[-1]))

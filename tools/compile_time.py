@@ -125,6 +125,30 @@ def profile(name: str, top: int = 25) -> str:
     return text.getvalue()
 
 
+NOTES = """## Where the time went
+
+Before issue 26's changes (cProfile, one thread; docs/zoo.md's times of then): densenet121 spent 47 of
+its 104 s reading the same merged-conv Jacobian again, the transition conv + pool part that lies in every
+region of the next dense block, once per region and sweep (34 times); maxvit_t spent 207 of its 212 s
+of affine folding re-deriving the parts of regions it had already kept, in every sweep of every round;
+shapes were inferred again on every sweep; and every forward-mode Jacobian raised (torch.func.jacfwd
+takes no chunk size) and fell back to reverse mode. densenet201 took 588 s, densenet161 555 s, swin_s
+294 s, maxvit_t 269 s.
+
+Now a region's verdict is kept for the run (the pass context's store), shapes, constants and the linear
+regions are analyses computed once per graph, a merged conv is rejected by its cost bound before any
+Jacobian, and the direct-export comparison runs on the second core, translating the program the trace
+already made (peer.py; its column is what the user still waits for it). What is left is mostly
+torch's: the trace (torch.export plus run_decompositions, about half an export), foldpass's own export
+of the optimized graph (about one export), and the comparison's export where it cannot be hidden
+(swin_s: its 43 s export outlasts everything it runs beside). The passes are the largest phase on
+maxvit_t (affine folding 21 s), efficientvim_m1 and iformer_t (affine folding 8 and 6 s); on the
+DenseNets affine folding takes 9 to 10 s beside a trace and an export of 12 to 17 s each. "other" is
+the before/after op statistics, the PyTorch-side error check, and writing and re-reading the file
+(large on vit_b_16 and resnext101, 330 MB of weights).
+"""
+
+
 def meets(entry: dict) -> bool:
     seconds, export = entry["foldpass"]["seconds"], entry["export_seconds"]
     return seconds < LIMIT_S or (export > LIMIT_S / 2 and seconds < RATIO * export)
@@ -168,8 +192,7 @@ def markdown(results: dict) -> str:
     if failed:
         lines += ["", "Not measured: " + "; ".join(f"{k} ({v.get('status')}: {v.get('error', '')})"
                                                  for k, v in failed.items())]
-    if results.get("notes"):
-        lines += ["", results["notes"]]
+    lines += ["", NOTES.strip()]
     return "\n".join(lines) + "\n"
 
 
