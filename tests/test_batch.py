@@ -43,7 +43,7 @@ def test_a_pt2_exported_at_batch_1_gets_a_dynamic_batch(tmp_path, capsys, name, 
     model = model().eval()
     src, out = tmp_path / "m.pt2", tmp_path / "m.onnx"
     exported_the_usual_way(model, src)
-    assert main(["optimize", str(src), "-o", str(out)]) == 0
+    assert main(["optimize", str(src), "-o", str(out), "--no-compare-direct"]) == 0
     assert "restored" in capsys.readouterr().out
     session, y = run(out, 64)
     assert not isinstance(session.get_inputs()[0].shape[0], int) and y.shape[0] == 64
@@ -55,7 +55,7 @@ def test_a_pt2_exported_at_batch_1_gets_a_dynamic_batch(tmp_path, capsys, name, 
 def test_a_graph_that_mixes_the_batch_stays_static_and_says_where(tmp_path, capsys):
     src, out = tmp_path / "m.pt2", tmp_path / "m.onnx"
     exported_the_usual_way(MixesTheBatch(), src)
-    assert main(["optimize", str(src), "-o", str(out)]) == 0
+    assert main(["optimize", str(src), "-o", str(out), "--no-compare-direct"]) == 0
     printed = capsys.readouterr().out
     assert "mean" in printed and "across the batch axis" in printed
     assert onnx.load(out).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
@@ -66,9 +66,9 @@ def test_a_graph_that_mixes_the_batch_stays_static_and_says_where(tmp_path, caps
 def test_static_batch_and_a_fixed_batch_on_request(tmp_path):
     src = tmp_path / "m.pt2"
     exported_the_usual_way(randomize_batchnorm(models.CNN3(width=4, t=0.0)), src)  # the batch, not the folds
-    assert main(["optimize", str(src), "-o", str(tmp_path / "s.onnx"), "--static-batch"]) == 0
+    assert main(["optimize", str(src), "-o", str(tmp_path / "s.onnx"), "--static-batch", "--no-compare-direct"]) == 0
     assert onnx.load(tmp_path / "s.onnx").graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
-    assert main(["optimize", str(src), "-o", str(tmp_path / "b.onnx"), "--batch", "8"]) == 0
+    assert main(["optimize", str(src), "-o", str(tmp_path / "b.onnx"), "--batch", "8", "--no-compare-direct"]) == 0
     assert onnx.load(tmp_path / "b.onnx").graph.input[0].type.tensor_type.shape.dim[0].dim_value == 8
 
 

@@ -140,5 +140,5 @@ def test_prenorm_folds_export_with_distinct_node_names(tmp_path):
     import foldpass
 
     result = foldpass.optimize(randomize_batchnorm(PreNormAttention(bias=False)).eval(), torch.randn(1, 6, 4, 4))
-    result.save_onnx(tmp_path / "p.onnx")
+    result.save_onnx(tmp_path / "p.onnx", compare_direct=False)
     assert "BatchNormalization" not in result.report.onnx_ops

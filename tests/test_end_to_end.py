@@ -20,7 +20,7 @@ def test_linear_resnet34_becomes_one_gemm(tmp_path):
     model = randomize_batchnorm(models.linear_resnet34(width=4))
     result = optimize(model, torch.randn(1, 1, 28, 28))
     out = tmp_path / "r34.onnx"
-    v = result.save_onnx(out)
+    v = result.save_onnx(out, compare_direct=False)
     ops = onnx_ops(out)
     assert ops.count("Gemm") == 1
     assert set(ops) <= {"Gemm", "Reshape", "Flatten", "Shape", "Slice", "Concat", "Constant"}
@@ -51,7 +51,7 @@ def test_nonlinear_resnet34_default_pipeline(tmp_path):
     # every 3x3 conv on a 1x1 map is a Gemm (only its centre tap does work): convs + those Gemms = 33
     assert ops["convolution"] + ops.get("addmm", 0) - 1 == 33
     assert "mul" not in ops and "add" not in ops and "_native_batch_norm_legit_no_training" not in ops
-    result.save_onnx(tmp_path / "r34.onnx")
+    result.save_onnx(tmp_path / "r34.onnx", compare_direct=False)
 
 
 def test_cnn6_at_t0_equals_the_hand_written_net_without_skips():
@@ -73,7 +73,7 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
         getattr(result.module, attr).add_(1.0)
     out = tmp_path / "bad.onnx"
     with pytest.raises(VerificationError, match="differs from the original"):
-        result.save_onnx(out)
+        result.save_onnx(out, compare_direct=False)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 

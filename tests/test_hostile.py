@@ -397,7 +397,7 @@ class Scales(nn.Module):
 def test_an_inf_in_the_original_is_not_an_infinite_tolerance(tmp_path):
     result = foldpass.optimize(Scales().eval(), torch.randn(1, 4))
     with pytest.raises(VerificationError, match="disagree on"):  # the original's inf * 0 gives NaN too
-        result.save_onnx(tmp_path / "o.onnx")
+        result.save_onnx(tmp_path / "o.onnx", compare_direct=False)
     assert not (tmp_path / "o.onnx").exists()
 
 
@@ -441,7 +441,7 @@ class InPlace(nn.Module):
 
 
 def test_a_model_that_changes_its_input_in_place_verifies(tmp_path):
-    foldpass.optimize(InPlace().eval(), torch.randn(1, 4)).save_onnx(tmp_path / "o.onnx")
+    foldpass.optimize(InPlace().eval(), torch.randn(1, 4)).save_onnx(tmp_path / "o.onnx", compare_direct=False)
     session = ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"])
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x})[0], (x + 1) * 2)

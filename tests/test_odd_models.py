@@ -27,7 +27,7 @@ class TwoInTwoOut(nn.Module):
 
 def test_several_inputs_and_outputs_are_verified(tmp_path):
     result = foldpass.optimize(TwoInTwoOut().eval(), (torch.randn(1, 1, 6, 6), torch.randn(1, 1, 6, 6)))
-    check = result.save_onnx(tmp_path / "m.onnx")
+    check = result.save_onnx(tmp_path / "m.onnx", compare_direct=False)
     model = onnx.load(tmp_path / "m.onnx")
     assert len(model.graph.input) == 2 and len(model.graph.output) == 2
     assert check.cases == 2 + 3  # random at batch 1, 3; zeros, ones, large
@@ -37,7 +37,7 @@ def test_float16_model_folds_with_a_half_precision_tolerance(tmp_path):
     model = models.randomize_batchnorm(models.linear_resnet34(width=4)).half().eval()
     result = foldpass.optimize(model, torch.randn(1, 1, 28, 28).half())
     assert result.module.graph.find_nodes(op="call_function", target=torch.ops.aten.addmm.default)
-    check = result.save_onnx(tmp_path / "m.onnx")
+    check = result.save_onnx(tmp_path / "m.onnx", compare_direct=False)
     assert check.tolerance == pytest.approx(1e-5 + 8 * 2**-10 * check.output_scale)
     assert onnx.load(tmp_path / "m.onnx").graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
 
@@ -46,7 +46,7 @@ def test_bfloat16_is_refused_with_a_reason_and_nothing_is_written(tmp_path):
     conv = models.CNN3(width=4, t=0.0).to(torch.bfloat16).eval()
     result = foldpass.optimize(conv, torch.randn(1, 1, 28, 28).to(torch.bfloat16))
     with pytest.raises(FoldpassError, match="bfloat16"):  # opset 18 has no bfloat16 Conv
-        result.save_onnx(tmp_path / "m.onnx")
+        result.save_onnx(tmp_path / "m.onnx", compare_direct=False)
     gemm = models.CNN3(width=4, linear=True).to(torch.bfloat16).eval()
     result = foldpass.optimize(gemm, torch.randn(1, 1, 28, 28).to(torch.bfloat16))
     assert result.report.after.ops == {"addmm": 1, "view": 1}  # one Gemm: it exports, but cannot be verified
@@ -62,7 +62,7 @@ def test_channels_last_model_and_input(tmp_path):
     x = torch.randn(1, 1, 28, 28).to(memory_format=torch.channels_last)
     result = foldpass.optimize(model, x)
     assert "mul" not in result.report.after.ops
-    result.save_onnx(tmp_path / "m.onnx")
+    result.save_onnx(tmp_path / "m.onnx", compare_direct=False)
 
 
 def test_train_mode_bn_and_dropout_switch_to_eval_with_a_warning():
@@ -141,7 +141,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     result = foldpass.optimize(models.CNN3(width=4), torch.randn(1, 1, 28, 28))
     monkeypatch.setattr(onnx, "save", disk_full)
     with pytest.raises(FoldpassError, match="No space left"):
-        result.save_onnx(out, force=True)
+        result.save_onnx(out, force=True, compare_direct=False)
     assert out.read_bytes() == b"precious" and [p.name for p in tmp_path.iterdir()] == ["o.onnx"]
 
 
@@ -164,7 +164,7 @@ def test_a_swin_shaped_block_exports_and_verifies(tmp_path, pipeline):
     model = SwinBlock().eval()
     result = foldpass.optimize(model, torch.randn(1, 8, 8, 8), pipeline=pipeline)
     code = result.module.code
-    result.save_onnx(tmp_path / "swin.onnx")
+    result.save_onnx(tmp_path / "swin.onnx", compare_direct=False)
     assert result.module.code == code  # the export's rewrite (copy -> copy of an expand) went on its own copy
     x = torch.randn(2, 8, 8, 8)
     session = ort.InferenceSession(str(tmp_path / "swin.onnx"), providers=["CPUExecutionProvider"])

@@ -31,7 +31,7 @@ def ops(model):
 
 def test_a_spatial_mean_with_kept_dims_becomes_a_global_average_pool(tmp_path):
     model = SqueezeExcite().eval()
-    foldpass.optimize(model, torch.randn(1, 4, 8, 8)).save_onnx(tmp_path / "se.onnx")
+    foldpass.optimize(model, torch.randn(1, 4, 8, 8)).save_onnx(tmp_path / "se.onnx", compare_direct=False)
     written = onnx.load(str(tmp_path / "se.onnx"))
     assert ops(written).count("GlobalAveragePool") == 1 and ops(written).count("ReduceMean") == 2
     x = torch.randn(3, 4, 8, 8)
@@ -82,7 +82,7 @@ def test_gelu_is_written_in_the_order_onnxruntime_fuses(tmp_path):
     from foldpass.onnx_forms import gelu_forms
 
     model, x = MLP().eval(), torch.randn(2, 5, 8)
-    foldpass.optimize(model, x[:1]).save_onnx(tmp_path / "mlp.onnx")
+    foldpass.optimize(model, x[:1]).save_onnx(tmp_path / "mlp.onnx", compare_direct=False)
     direct = direct_export(model, (x[:1],))
     onnx.save(direct, str(tmp_path / "direct.onnx"))
     assert "Erf" in _fused(tmp_path / "direct.onnx", tmp_path)  # not fused as the exporter writes it

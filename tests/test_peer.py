@@ -23,15 +23,6 @@ def _leftovers():
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "foldpass-peer-*")))
 
 
-def test_the_second_process_counts_what_this_one_would(monkeypatch):
-    monkeypatch.setattr(peer, "_cores", lambda: 2)
-    result, before = _result(), _leftovers()
-    running = peer.DirectOps.start(result.program, 18)
-    assert running is not None
-    assert running.result() == direct_export_ops(result.program, result.inputs)
-    assert _leftovers() == before  # its folder is gone
-
-
 def test_one_core_a_quick_trace_or_a_large_program_counts_in_this_process(monkeypatch):
     result = _result()
     monkeypatch.setattr(peer, "_cores", lambda: 1)

@@ -13,7 +13,7 @@ from models import linear_resnet34, randomize_batchnorm, resnet18
 
 def test_folded_nodes_and_weights_say_where_they_came_from(tmp_path):
     model = randomize_batchnorm(resnet18(width=4, t=0.0)).eval()
-    foldpass.optimize(model, torch.randn(1, 1, 28, 28)).save_onnx(tmp_path / "m.onnx")
+    foldpass.optimize(model, torch.randn(1, 1, 28, 28)).save_onnx(tmp_path / "m.onnx", compare_direct=False)
     out = onnx.load(tmp_path / "m.onnx")
     node = next(n for n in out.graph.node if n.name == "layer1.0.conv1+bn1")
     assert node.op_type == "Conv" and node.doc_string.startswith("batchnorm_folding: layer1.0.conv1 (Conv2d) + layer1.0.bn1")

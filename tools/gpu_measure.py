@@ -149,7 +149,8 @@ def measure(device: str, width: int, rounds: int, runs: int, compile_: bool, qui
             x = torch.randn(batch, *shape, device=device)
             timer = Timer(device)
             with torch.inference_mode():
-                fns, compile_s = variants(model, optimized, x, device, compile_, quick)
+                # the smoke run (--quick) compiles the first case only: the same code path, a quarter of the time
+                fns, compile_s = variants(model, optimized, x, device, compile_ and not (quick and records), quick)
                 for fn in fns.values():  # warm-up
                     timer(fn, 3)
                 samples = {name: [] for name in fns}
