@@ -33,7 +33,9 @@ class BatchPlan:
     def of(gm: fx.GraphModule) -> BatchPlan:
         return gm.meta.get(BATCH_KEY) or BatchPlan()
 
-    def static(self, size: int, note: str) -> BatchPlan:
+    @staticmethod
+    def fixed(size: int, note: str) -> BatchPlan:
+        """A batch fixed to `size`, for the reason `note`."""
         return BatchPlan(size, False, f"static: {note}")
 
 # views and reshapes: batch-preserving ones are canonicalized at trace time; regions fold through them

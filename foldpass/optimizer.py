@@ -51,7 +51,7 @@ class OptimizeResult:
     io_names: tuple[list[str] | None, list[str] | None] = (None, None)
     source_path: str | None = None  # the file the model was read from: never written over
     batch_name: str | None = None  # the source's name for its batch axis
-    program: ExportedProgram | None = field(default=None, repr=False)  # the original as torch.export traced it
+    program: ExportedProgram | None = field(default=None, repr=False)  # the direct export's program (see optimize)
     _source_sha256: str | None = field(default=None, repr=False)
     _peer: tuple[int, DirectOps] | None = field(default=None, repr=False)  # (opset, the count started by optimize)
 
@@ -103,7 +103,7 @@ class OptimizeResult:
         compare = compare_direct and precision == "fp32"
         # the direct export counted on a second core while this process exports and verifies (peer.py)
         peer = None
-        if compare and self._direct_program():
+        if compare and self.program is not None:
             peer = self._started_peer(opset or self.opset) or DirectOps.start(self.program, opset or self.opset,
                                                                                self.report.timings.get("trace", 0.0))
         try:
@@ -186,11 +186,6 @@ class OptimizeResult:
             return None
         return started[1]
 
-    def _direct_program(self) -> bool:
-        """Whether the direct export is the program the trace made (a PyTorch source, dynamic batch)."""
-        onnx_source = (self.source_path or "").endswith(".onnx")
-        return not onnx_source and self.batch_plan.size is None and self.program is not None
-
     def _compare_direct(self, opset: int | None, running: DirectOps | None = None) -> None:
         """The guard against a file bigger than the usual export: report.direct_ops, and a warning.
         `running`: the count started on another core (its wait is the time reported)."""
@@ -202,7 +197,7 @@ class OptimizeResult:
             if peer is None:  # not started, or it did not answer: counted here
                 dynamic = self.batch_plan.size is None
                 # the program torch.export already traced: torch.onnx translates it, no second export
-                original = self.program if self._direct_program() else self.original
+                original = self.program if self.program is not None else self.original
                 peer = direct_export_ops(original, self.inputs, opset or self.opset, dynamic)
             what = "the direct export (torch.onnx.export, dynamo=True)"
         self.report.timings["direct export"] = time.perf_counter() - t0
@@ -350,7 +345,7 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
     else:
         raise InputError(f"cannot optimize a {type(src.model).__name__}: expected an nn.Module or an ExportedProgram")
     if src.static_batch and mode != "dynamic":  # an ONNX input with a fixed batch keeps it
-        gm.meta[BATCH_KEY] = BatchPlan().static(src.static_batch, f"the ONNX input fixes its batch to {src.static_batch}")
+        gm.meta[BATCH_KEY] = BatchPlan.fixed(src.static_batch, f"the ONNX input fixes its batch to {src.static_batch}")
     plan = BatchPlan.of(gm)
     if plan.restored:  # the program only runs at its own batch: the reference runs it sample by sample
         original = PerSample(original)
@@ -359,12 +354,12 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
             raise InputError(f"batch {batch}: the model runs only at batch {plan.size} ({plan.note})")
         inputs = tuple(torch.cat([x[:1]] * batch) for x in inputs)
         gm.meta[INPUTS_KEY] = inputs
-        gm.meta[BATCH_KEY] = plan = plan.static(batch, f"fixed to {batch} on request")
-    program = None if plan.restored or plan.size else program_of(gm)
-    opset = src.opset if src.opset is not None and src.opset >= MIN_OPSET else DEFAULT_OPSET
+        gm.meta[BATCH_KEY] = plan = BatchPlan.fixed(batch, f"fixed to {batch} on request")
+    # the direct export's program: a PyTorch source traced at a dynamic batch (an ONNX source compares with itself)
     onnx_source = (src.path or "").endswith(".onnx")
-    peer = DirectOps.start(program, opset, time.perf_counter() - t0) \
-        if compare_direct and program is not None and not onnx_source else None
+    program = None if plan.restored or plan.size or onnx_source else program_of(gm)
+    opset = src.opset if src.opset is not None and src.opset >= MIN_OPSET else DEFAULT_OPSET
+    peer = DirectOps.start(program, opset, time.perf_counter() - t0) if compare_direct and program is not None else None
     try:  # a failure from here on stops the count started beside it
         timings["trace"] = time.perf_counter() - t0
         before = GraphStats.of(gm)

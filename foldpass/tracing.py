@@ -70,7 +70,7 @@ def _normalize(ep: ExportedProgram, inputs: tuple[torch.Tensor, ...], static: bo
         gm = ep.module()
     gm = fx.GraphModule(gm, gm.graph)  # a plain GraphModule: ep.module()'s own class refuses .eval() / .train()
     gm.meta[INPUTS_KEY] = tuple(inputs)
-    gm.meta[BATCH_KEY] = BatchPlan().static(inputs[0].shape[0], "the model fixes its batch size") if static \
+    gm.meta[BATCH_KEY] = BatchPlan.fixed(inputs[0].shape[0], "the model fixes its batch size") if static \
         else BatchPlan()
     _strip_guards(gm)
     canonicalize_batch_views(gm)
@@ -205,12 +205,12 @@ def restore_dynamic_batch(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) 
     ep, static, why = _export(gm, inputs)
     if static:
         why = why or "torch.export kept it fixed"
-        gm.meta[BATCH_KEY] = BatchPlan.of(gm).static(inputs[0].shape[0], f"the batch cannot be made dynamic ({why})")
+        gm.meta[BATCH_KEY] = BatchPlan.fixed(inputs[0].shape[0], f"the batch cannot be made dynamic ({why})")
         return gm
     new = _normalize(ep, inputs, static=False)
     mixing = _batch_mixing_node(gm, new, inputs)
     if mixing:
-        gm.meta[BATCH_KEY] = BatchPlan.of(gm).static(inputs[0].shape[0], mixing)
+        gm.meta[BATCH_KEY] = BatchPlan.fixed(inputs[0].shape[0], mixing)
         return gm
     new.meta[BATCH_KEY] = BatchPlan(None, True, f"dynamic (restored: the program was exported at batch "
                                                 f"{inputs[0].shape[0]}; checked sample by sample at batch 3)")
