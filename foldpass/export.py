@@ -15,7 +15,7 @@ from torch.export import Dim
 from ._version import __version__
 from .defaults import DEFAULT_OPSET, MIN_OPSET
 from .errors import FoldpassError, InputError, first_line
-from .onnx_forms import gelu_forms, global_average_pools
+from .onnx_forms import flattens, gelu_forms, global_average_pools
 from .quiet import quiet
 from .tracing import batch_of_two
 
@@ -47,6 +47,7 @@ def to_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], opset: in
         write_back(model)  # the ONNX nodes that passed through, as they were
     global_average_pools(model)  # onnx_forms: the forms onnxruntime runs fastest, exactly equal
     gelu_forms(model)
+    flattens(model)
     with quiet():
         model = tidy(model)
     if _written_opset(model) != opset:

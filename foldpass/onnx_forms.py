@@ -7,6 +7,12 @@ value. A lowering after export (the IR has no such ops), each rule exact:
         of efficientnet / mobilenet this way; onnxruntime's CPU provider has a faster NCHWc kernel
         for it than for ReduceMean (issue 28: efficientnet_b0 0.955x without it).
 
+    Reshape(x, [-1, K] or [0, K] or [0, -1])  ->  Flatten(x, axis=1)     where K = d1 * ... * dr-1
+        the classifier's flatten before its Gemm: both give N x K in the same element order. The
+        TorchScript exporter writes Flatten; torch.onnx's dynamo exporter a Reshape with a constant
+        shape. The same speed under onnxruntime (both are views), one op fewer to read: the file
+        says what the model does.
+
     x * (0.5 * (1 + Erf(x / sqrt(2))))  ->  (x * 0.5) * (1 + Erf(x / sqrt(2)))
     x * (0.5 * (1 + Tanh(...)))          ->  (x * 0.5) * (1 + Tanh(...))
         GELU (exact, and its tanh approximation) as torch.onnx's opset-18 translation writes it,
@@ -52,28 +58,30 @@ def _constant_ints(model: onnx.ModelProto, name: str) -> list[int] | None:
     return None
 
 
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """The rank of every float32 value ONNX shape inference knows (onnxruntime's CPU provider has a
-    GlobalAveragePool kernel for float32; other types keep their ReduceMean)."""
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """The shape of every float32 value ONNX shape inference knows, a dimension None where it is not a
+    number (onnxruntime's CPU provider has a GlobalAveragePool kernel for float32; other types keep
+    their ReduceMean)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - no ranks: no rewrite, never a failure
+    except Exception:  # noqa: BLE001 - no shapes: no rewrite, never a failure
         return {}
-    ranks = {}
+    shapes = {}
     for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         if v.type.tensor_type.HasField("shape") and v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
-            ranks[v.name] = len(v.type.tensor_type.shape.dim)
-    return ranks
+            shapes[v.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                   for d in v.type.tensor_type.shape.dim)
+    return shapes
 
 
-def _spatial_mean(model: onnx.ModelProto, node: onnx.NodeProto, ranks: dict[str, int]) -> bool:
+def _spatial_mean(model: onnx.ModelProto, node: onnx.NodeProto, shapes: dict) -> bool:
     """ReduceMean over every axis from 2 on, dims kept, of a tensor of rank >= 3."""
     if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx"):
         return False
     attrs = {a.name: a for a in node.attribute}
     if "keepdims" in attrs and attrs["keepdims"].i != 1:
         return False
-    rank = ranks.get(node.input[0])
+    rank = len(shapes[node.input[0]]) if node.input[0] in shapes else None
     if rank is None or rank < 3:
         return False
     axes = list(attrs["axes"].ints) if "axes" in attrs else (
@@ -86,15 +94,49 @@ def _spatial_mean(model: onnx.ModelProto, node: onnx.NodeProto, ranks: dict[str,
 def global_average_pools(model: onnx.ModelProto) -> int:
     """Rewrites each spatial mean with kept dims into GlobalAveragePool, in place; returns how many
     (the axes constants they leave unused go with the exporter's tidy-up)."""
-    ranks = _ranks(model)
+    shapes = _shapes(model)
     count = 0
     for node in model.graph.node:
-        if _spatial_mean(model, node, ranks):
+        if _spatial_mean(model, node, shapes):
             x = node.input[0]
             node.op_type = "GlobalAveragePool"
             del node.input[:]
             node.input.append(x)
             del node.attribute[:]
+            count += 1
+    return count
+
+
+def _flattening(model: onnx.ModelProto, node: onnx.NodeProto, shapes: dict) -> bool:
+    """A Reshape of a tensor of rank >= 2 into N x (everything else), dim 0 kept."""
+    if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+        return False
+    target, dims = _constant_ints(model, node.input[1]), shapes.get(node.input[0])
+    if target is None or len(target) != 2 or dims is None or len(dims) < 2 or target[0] not in (-1, 0):
+        return False
+    if 0 in target and any(a.name == "allowzero" and a.i for a in node.attribute):
+        return False  # a 0 in the shape then means size 0, not "keep this dim"
+    if target == [0, -1]:
+        return True  # dim 0 kept, the rest in one
+    rest = dims[1:]
+    if target[1] <= 0 or None in rest:
+        return False
+    product = 1
+    for d in rest:
+        product *= d
+    return product == target[1]
+
+
+def flattens(model: onnx.ModelProto) -> int:
+    """Rewrites each Reshape into N x (the rest) as Flatten(axis=1), in place; returns how many."""
+    shapes = _shapes(model)
+    count = 0
+    for node in model.graph.node:
+        if _flattening(model, node, shapes):
+            del node.input[1:]
+            del node.attribute[:]
+            node.op_type = "Flatten"
+            node.attribute.append(onnx.helper.make_attribute("axis", 1))
             count += 1
     return count
 

@@ -280,6 +280,7 @@ def test_a_colour_folder_network_goes_through_the_whole_command(tmp_path, monkey
     assert json.loads(info.metadata["compress"])["kept"] == written["kept"]
     assert info.metadata["pipeline"].startswith("compress: exact")
     capsys.readouterr()
+    monkeypatch.delenv("COLUMNS", raising=False)  # the width off a terminal (pytest-xdist's workers set 80)
     assert main(["info", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "foldpass compress (max drop 1 points): kept exact" in shown and "prune 0.75" in shown

@@ -107,3 +107,65 @@ def test_a_half_scaled_sigmoid_is_not_rewritten():
 
     before = [list(n.input) for n in proto.graph.node]
     assert gelu_forms(proto) == 0 and [list(n.input) for n in proto.graph.node] == before
+
+
+class Head(nn.Module):
+    """A classifier's flatten before its linear layer, and a reshape that is not a flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 2 * 2, 5)
+
+    def forward(self, x):
+        y = nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 2)
+        return self.fc(torch.flatten(y, 1)), y.reshape(-1, 8)  # -> Flatten; rows of 8 across the batch: kept
+
+
+def test_a_flatten_before_the_classifier_is_written_as_flatten(tmp_path):
+    from foldpass.onnx_forms import flattens
+
+    model = Head().eval()
+    foldpass.optimize(model, torch.randn(1, 3, 8, 8)).save_onnx(tmp_path / "head.onnx", compare_direct=False)
+    written = onnx.load(str(tmp_path / "head.onnx"))
+    assert ops(written).count("Flatten") == 1 and ops(written).count("Reshape") == 1
+    assert flattens(written) == 0  # a second run changes nothing
+    x = torch.randn(3, 3, 8, 8)  # the batch stayed dynamic
+    session = ort.InferenceSession(str(tmp_path / "head.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = model(x)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_reshape_that_merges_the_batch_is_not_a_flatten():
+    from foldpass.onnx_forms import flattens
+
+    class Rows(nn.Module):
+        def forward(self, x):
+            return x.reshape(-1, 4) * 2  # N x 8 -> 2N x 4
+
+    proto = to_onnx(Rows().eval(), (torch.randn(1, 8),))
+    assert "Reshape" in ops(proto) and "Flatten" not in ops(proto) and flattens(proto) == 0
+
+
+def test_a_zero_in_the_shape_keeps_dim_0_only_without_allowzero():
+    """Reshape(x, [0, -1]) keeps dim 0 (a flatten) unless allowzero=1 says that 0 means size 0."""
+    from onnx import TensorProto, helper
+
+    from foldpass.onnx_forms import flattens
+
+    def reshape(allowzero: int) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            [helper.make_node("Reshape", ["x", "shape"], ["y"], allowzero=allowzero)], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [helper.make_tensor("shape", TensorProto.INT64, [2], [0, -1])])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+    flat, literal = reshape(0), reshape(1)
+    assert flattens(flat) == 1 and ops(flat) == ["Flatten"]
+    assert flattens(literal) == 0 and ops(literal) == ["Reshape"]
+    x = np.random.randn(4, 2, 3).astype(np.float32)
+    session = ort.InferenceSession(flat.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], x.reshape(4, 6))
