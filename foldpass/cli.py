@@ -553,6 +553,8 @@ def cmd_compress(args) -> int:
                                epochs=args.epochs, lr=args.lr, threads=args.threads, seed=args.seed,
                                budget_minutes=args.budget_minutes, checkpoint=args.checkpoint, resume=args.resume,
                                progress=console.is_terminal, log=lambda text: console.print(text, highlight=False))
+    if result.rank != 0:  # under torchrun: rank 0 prints and writes
+        return 0
     result.render(console)
     result.save_onnx(paths["--output"], force=args.force, inputs=[args.source, args.weights])
     if args.report:

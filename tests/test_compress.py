@@ -313,3 +313,69 @@ def test_a_drop_of_exactly_the_budget_is_within_it(monkeypatch, tmp_path):
     rows = [run_module.Row("original", "", "original", "", 0.98, macs=1)]
     state = run_module._run_step(job, "fake", steps_module.State(None, "o.onnx"), rows, 0.98, 1.0, None)
     assert rows[-1].status == "kept" and state.onnx.endswith("c.onnx")
+
+
+# ----------------------------------------------------------------------------- per-layer pruning
+
+
+def _channels(model: nn.Module) -> dict[str, int]:
+    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def test_per_layer_pruning_keeps_more_channels_where_the_selection_accuracy_is_most_sensitive(
+        trained, tmp_path, monkeypatch):
+    job = steps_module.Job(splits(), trained, torch.zeros(2, 1, 8, 8), str(tmp_path), epochs=0, log=lambda _: None)
+    state = steps_module.State(trained, "", [])
+    uniform = steps_module.prune(job, state, 0.5)
+    measured = {}
+
+    def sensitive_block(job, model, ratio, prune_with):  # the block's output group: conv2 and down.0, added
+        measured.update(real(job, model, ratio, prune_with))
+        return {root: (9.0 if root == "down.0" else 0.0) for root in measured}
+
+    real = steps_module.sensitivities
+    monkeypatch.setattr(steps_module, "sensitivities", sensitive_block)
+    per_layer = steps_module.prune(job, state, steps_module.PerLayer(0.5))
+    assert set(measured) == {"stem.0", "conv1", "down.0"}  # one drop per group of coupled layers
+    assert _channels(trained)["conv2"] == 32  # the original is not touched
+    before, spared, plain = _channels(trained), _channels(per_layer.model), _channels(uniform.model)
+    for coupled in ("conv2", "down.0"):
+        assert (plain[coupled], spared[coupled], before[coupled]) == (16, 24, 32)  # at 0.25, not 0.5
+    assert {n: spared[n] for n in ("stem.0", "conv1")} == {n: plain[n] for n in ("stem.0", "conv1")}
+    assert per_layer.structure == [{"step": "prune", "ratio": 0.5, "per_layer": True}]
+    assert str(steps_module.PerLayer(0.5)) == "0.5 per layer"
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+
+def _compress_rank(rank, world, rdv, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world)
+    try:
+        steps_module.MIN_STEPS = 8
+        speed = 1.5 if rank == 0 else 0.5  # rank 1's own timings would revert every step: rank 0's must decide
+        run_module.latency = lambda o, cur, cand, batches, *_: run_module.Latency(
+            {b: 1.0 for b in batches}, {b: speed for b in batches}, {b: speed for b in batches})
+        torch.manual_seed(0)  # every rank loads the same model, as under torchrun
+        result = foldpass.compress(TinyResNet(), splits(), steps=("exact", "prune"), max_drop=100.0, epochs=1,
+                                   batches=(1, 4), timing=(1, 0.01), checkpoint=os.path.join(out_dir, f"ck{rank}"))
+        state = {k: v.tolist() for k, v in result.model.state_dict().items()}
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump({"rank": result.rank, "kept": result.kept, "statuses": [r.status for r in result.rows],
+                       "accuracies": [r.selection_acc for r in result.rows], "state": state}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torchrun_every_rank_follows_rank_0s_measurements_and_only_rank_0_checkpoints(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_compress_rank, args=(2, str(tmp_path / "rdv"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert (r0["rank"], r1["rank"]) == (0, 1)
+    assert r0["kept"] == r1["kept"] == ["exact", "prune"]  # rank 1 alone would have reverted pruning
+    assert r0["statuses"] == r1["statuses"] and r0["accuracies"] == r1["accuracies"]
+    assert r0["state"] == r1["state"]  # fine-tuned together (DistributedDataParallel)
+    assert (tmp_path / "ck0" / "state.json").is_file() and not (tmp_path / "ck1").exists()

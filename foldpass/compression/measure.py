@@ -1,5 +1,6 @@
 """What compress measures of each candidate ONNX file: accuracy under onnxruntime on a split, latency
-interleaved against the original and the current file (foldpass.bench), parameters and MACs.
+interleaved against the original and the current file (foldpass.bench), parameters and MACs; under
+torchrun, rank 0 measures and every rank takes its numbers (shared).
 
 Latency: bench() times [original, current, candidate] in interleaved blocks at each batch with the
 same session options; a candidate's speed-up is the median of the block-by-block ratios against
@@ -104,3 +105,29 @@ def module_macs(module, example) -> int | None:
         return int(graph_macs(gm, infer_shapes(gm)))
     except (FoldpassError, RuntimeError):
         return None
+
+
+def shared(measure):
+    """measure() on rank 0, its value handed to every rank under torchrun (no process group: measure()).
+    A failure on rank 0 is raised on every rank, so that none waits for a value that will not come."""
+    from torch import distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return measure()
+    box = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [(True, measure())]
+        except Exception as exc:  # handed to the other ranks, then raised here as it was
+            from ..errors import first_line
+
+            box = [(False, f"{type(exc).__name__}: {first_line(exc)}")]
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        from ..errors import VerificationError
+
+        raise VerificationError(f"rank 0 failed to measure: {value}")
+    return value

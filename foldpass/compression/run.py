@@ -13,6 +13,11 @@ budget out, step by step, each step measured on the target and kept only where i
 
 --checkpoint DIR keeps every finished step there (state.json, the model's weights, the ONNX files);
 resume=True continues after the last finished step of the same model, data and settings.
+
+Under torchrun (WORLD_SIZE > 1) every rank runs the same steps and fine-tunes its share of each batch
+(DistributedDataParallel, as `foldpass train`); rank 0 alone measures accuracy and latency and hands
+the numbers to the others (shared()), so that every rank keeps and reverts the same tries, and rank 0
+alone writes the checkpoint (the others work in a private folder).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import InputError, VerificationError, first_line
-from .measure import SLOWER_LIMIT, Latency, latency, module_macs, onnx_accuracy, onnx_params
+from .measure import SLOWER_LIMIT, Latency, latency, module_macs, onnx_accuracy, onnx_params, shared
 from .steps import STEPS, Decline, Job, State
 
 STATE_FILE = "state.json"
@@ -65,6 +70,7 @@ class CompressResult:
     settings: dict
     data: dict
     seconds: float = 0.0
+    rank: int = 0  # the process's rank under torchrun: only rank 0 writes
 
     @property
     def original(self) -> Row:
@@ -152,6 +158,7 @@ def compress(model: torch.nn.Module, data, *, example: torch.Tensor | None = Non
     Returns the rows, the final ONNX model and the last PyTorch model."""
     from ..data import DataSplits, load_data
     from ..export import direct_export
+    from ..homotopy.training import init_distributed
 
     began = time.perf_counter()
     splits = data if isinstance(data, DataSplits) else load_data(data)
@@ -165,7 +172,9 @@ def compress(model: torch.nn.Module, data, *, example: torch.Tensor | None = Non
             raise InputError(f"{name} must be a {'positive' if name == 'threads' else 'non-negative'} integer; got {value}")
     if budget_minutes is not None and not budget_minutes > 0:
         raise InputError(f"budget_minutes must be positive; got {budget_minutes}")
-    log = log or (lambda text: None)
+    rank, _ = init_distributed()
+    log = log if log and rank == 0 else (lambda text: None)
+    progress = progress and rank == 0
     model = copy.deepcopy(model).eval()
     example = example if example is not None else torch.zeros(2, *splits.shape)
     settings = {"steps": list(steps), "max_drop": max_drop, "batches": list(batches), "epochs": epochs, "lr": lr,
@@ -175,12 +184,12 @@ def compress(model: torch.nn.Module, data, *, example: torch.Tensor | None = Non
         raise InputError(f"{checkpoint} holds a compress run already: --resume continues it, another folder starts anew")
     if checkpoint and os.path.exists(checkpoint) and not os.path.isdir(checkpoint):
         raise InputError(f"{checkpoint}: not a folder (--checkpoint names a folder for the run's files)")
-    workdir = checkpoint or tempfile.mkdtemp(prefix="foldpass-compress-")
+    workdir = checkpoint if checkpoint and rank == 0 else tempfile.mkdtemp(prefix="foldpass-compress-")
     os.makedirs(workdir, exist_ok=True)
     fingerprint = _fingerprint(model, splits, settings)
     job = Job(splits, model, example, workdir, tuple(batches), threads, epochs, lr, seed, progress, log)
     try:
-        saved = _load_checkpoint(workdir, fingerprint, model) if resume else None
+        saved = _load_checkpoint(checkpoint, fingerprint, model) if resume else None  # read only
         if resume and saved is None:
             log(f"no finished step in {workdir}: starting from the beginning")
         if saved:
@@ -193,12 +202,13 @@ def compress(model: torch.nn.Module, data, *, example: torch.Tensor | None = Non
             import onnx
 
             onnx.save(direct, original)
-            acc = onnx_accuracy(original, splits.selection, threads)
+            acc = shared(lambda: onnx_accuracy(original, splits.selection, threads))
             rows = [Row("original", "", "original", "torch.onnx.export, no foldpass", acc, 0.0,
                         params=onnx_params(original), macs=module_macs(model, example), file=original)]
             state, done = State(model, original), []
             log(f"original: selection accuracy {acc:.2%}")
-        job.latency = lambda cand, current: latency(rows[0].file, current, cand, batches, threads, *timing)
+        job.latency = lambda cand, current: shared(lambda: latency(rows[0].file, current, cand, batches, threads,
+                                                                   *timing))
         original_acc = rows[0].selection_acc
         first = rows[0]
         if not first.ms:  # the original timed against itself: its ms per image
@@ -209,20 +219,20 @@ def compress(model: torch.nn.Module, data, *, example: torch.Tensor | None = Non
                 continue
             state = _run_step(job, step, state, rows, original_acc, max_drop, deadline)
             done.append(step)
-            if checkpoint:
+            if checkpoint and rank == 0:
                 _save_checkpoint(workdir, fingerprint, rows, state, done)
         # the final evaluation: the test split, read here for the first time
         for row in rows:
             if row.status in ("original", "kept"):
-                row.test_acc = onnx_accuracy(row.file, splits.test, threads)
+                row.test_acc = shared(lambda: onnx_accuracy(row.file, splits.test, threads))
         import onnx
 
         final = onnx.load(state.onnx)
         judged = any(r.step == "int8" and r.status == "kept" for r in rows)  # int8: accuracy, not an exact check
         return CompressResult(rows, state.model, final, None if judged else state.verification, settings,
-                              splits.describe(), time.perf_counter() - began)
+                              splits.describe(), time.perf_counter() - began, rank)
     finally:
-        if not checkpoint:
+        if workdir != checkpoint:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -245,7 +255,7 @@ def _run_step(job: Job, step: str, state: State, rows: list[Row], original_acc: 
             if why.final:
                 return state
             continue
-        acc = onnx_accuracy(cand.onnx, job.splits.selection, job.threads)
+        acc = shared(lambda: onnx_accuracy(cand.onnx, job.splits.selection, job.threads))
         drop = (original_acc - acc) * 100
         speed: Latency = job.latency(cand.onnx, state.onnx)
         row = Row(step, shown, "", "", acc, drop, speed.ms, speed.vs_original, onnx_params(cand.onnx),

@@ -5,7 +5,8 @@ tries them in that order and keeps the first that is faster and within the accur
     exact    the folds of `foldpass optimize` (batch norm, re-parameterization, linear regions),
              verified against the PyTorch model: lossless
     prune    structured channel pruning with Torch-Pruning (its dependency graph keeps residual adds,
-             concatenations and depthwise groups consistent), a uniform ratio per layer, fine-tuned
+             concatenations and depthwise groups consistent), a uniform ratio, then the same ratio with
+             the layers most sensitive to it (measured on the selection split) at half, fine-tuned
              with distillation from the original
     deskip   residual adds -> blends, fine-tuned down to t = 0 (foldpass.homotopy.deskip), then the
              skips leave the graph:  (1-t)*s_b*b + t*s_s*s, t == 0  ->  s_b*b
@@ -188,9 +189,49 @@ def _prunable(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-def prune(job: Job, state: State, ratio: float = 0.5) -> State:
-    """Uniform structured pruning of `ratio` of each layer's channels (Torch-Pruning, L2 magnitude of
-    each coupled group), the classifier's outputs kept, then fine-tuned with distillation."""
+@dataclass(frozen=True)
+class PerLayer:
+    """Pruning at `ratio` where it costs the least, at ratio / 2 where it costs the most: each group of
+    coupled layers is pruned alone at `ratio` (no fine-tuning) and its selection accuracy measured (a
+    sensitivity analysis, as in Li et al., "Pruning Filters for Efficient ConvNets", 2017); the groups
+    whose drop is above the median keep twice the channels."""
+
+    ratio: float
+
+    def __str__(self) -> str:
+        return f"{self.ratio:g} per layer"
+
+
+def _groups(tp, model: nn.Module, example: torch.Tensor, keep: list[nn.Module]) -> list[str]:
+    """The name of each prunable group's root layer, in Torch-Pruning's own order (the layer a
+    pruning_ratio_dict entry must name)."""
+    names = {m: n for n, m in model.named_modules()}
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    return [names[g[0].dep.target.module] for g in graph.get_all_groups(ignored_layers=keep,
+                                                                       root_module_types=[nn.Conv2d, nn.Linear])]
+
+
+def sensitivities(job: Job, model: nn.Module, ratio: float, prune_with: Callable) -> dict[str, float]:
+    """Each group's selection accuracy drop (points) when it alone loses `ratio` of its channels."""
+    from ..homotopy.training import evaluate
+    from .measure import shared
+
+    def measure() -> dict[str, float]:
+        base = evaluate(model, job.splits.selection)[1]
+        drops = {}
+        for root in prune_with(model, None):
+            trial = copy.deepcopy(model)
+            prune_with(trial, {root: ratio}, default=0.0)
+            drops[root] = (base - evaluate(trial, job.splits.selection)[1]) * 100
+        return drops
+
+    return shared(measure)  # under torchrun: rank 0's, so that every rank spares the same layers
+
+
+def prune(job: Job, state: State, ratio: float | PerLayer = 0.5) -> State:
+    """Structured pruning of `ratio` of each layer's channels (Torch-Pruning, L2 magnitude of each
+    coupled group), the classifier's outputs kept, then fine-tuned with distillation. A PerLayer ratio:
+    the more sensitive half of the groups (sensitivities()) at half of it."""
     from ..extras import require
 
     tp = require("torch_pruning", "compress")
@@ -199,20 +240,42 @@ def prune(job: Job, state: State, ratio: float = 0.5) -> State:
         raise Decline("the model holds no nn.Conv2d layers (a .pt2 or a factorized graph): Torch-Pruning needs "
                       "the modules; pass the model as pkg.module:build --weights")
     classes = job.splits.num_classes
-    keep = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == classes]
-    keep += [m for m in _prunable(model) if m.out_channels == classes]
     # channel counts in multiples of 8 where the layers are wide enough: onnxruntime's CPU convolutions
     # work in blocks of 8 or 16 channels (NCHWc), so 12 channels cost what 16 do
-    round_to = 8 if min(m.out_channels for m in _prunable(model) if m not in keep) >= 16 else None
-    try:
-        pruner = tp.pruner.MetaPruner(model, job.example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                      pruning_ratio=ratio, ignored_layers=keep, round_to=round_to)
+    wide = min((m.out_channels for m in _prunable(model) if m.out_channels != classes), default=0) >= 16
+
+    def prune_with(target: nn.Module, ratios: dict[str, float] | None, default: float = 0.0):
+        """Prunes `target` in place, each named group root at its ratio (None: lists the roots)."""
+        keep = [m for m in target.modules() if isinstance(m, nn.Linear) and m.out_features == classes]
+        keep += [m for m in _prunable(target) if m.out_channels == classes]
+        if ratios is None:
+            return _groups(tp, target, job.example, keep)
+        layers = dict(target.named_modules())
+        pruner = tp.pruner.MetaPruner(target, job.example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                      pruning_ratio=default, ignored_layers=keep, round_to=8 if wide else None,
+                                      pruning_ratio_dict={layers[n]: r for n, r in ratios.items()})
         pruner.step()
+
+    per_layer = isinstance(ratio, PerLayer)
+    value = ratio.ratio if per_layer else ratio
+    try:
+        if per_layer:
+            drops = sensitivities(job, model, value, prune_with)
+            if len(drops) < 2:
+                raise Decline("one prunable group: no layer to spare", final=False)
+            median = sorted(drops.values())[len(drops) // 2]
+            spared = sorted(n for n, d in drops.items() if d > median)
+            job.log(f"prune {ratio}: {len(spared)} of {len(drops)} groups at {value / 2:g} (the most sensitive: "
+                    f"{', '.join(spared[:4])}{', ...' if len(spared) > 4 else ''})")
+            prune_with(model, {n: value / 2 for n in spared}, default=value)
+        else:
+            prune_with(model, {}, default=value)
     except (RuntimeError, ValueError, KeyError, IndexError) as exc:
         raise Decline(f"Torch-Pruning cannot prune this model ({type(exc).__name__}: {first_line(exc)})") from None
-    _fine_tune(job, model, f"prune {ratio:.0%}")
-    out = export(job, model, f"prune-{ratio:g}")
-    return State(model, out.path, [*state.structure, {"step": "prune", "ratio": ratio}], out.verification, out.macs)
+    _fine_tune(job, model, f"prune {ratio}")
+    out = export(job, model, f"prune-{value:g}{'-per-layer' if per_layer else ''}")
+    change = {"step": "prune", "ratio": value, **({"per_layer": True} if per_layer else {})}
+    return State(model, out.path, [*state.structure, change], out.verification, out.macs)
 
 
 # ----------------------------------------------------------------------------- lowrank
@@ -307,7 +370,8 @@ def int8(job: Job, state: State, option: str = "all") -> State:
 # in the budget and 50 % did, for 9.5x in all, where Torch-Pruning alone at 75 % gave 17x.
 STEPS: dict[str, tuple[Callable, tuple]] = {
     "exact": (exact, (None,)),
-    "prune": (prune, (0.75, 0.5, 0.25)),
+    # each ratio uniform, then with the most sensitive half of the layers at half of it
+    "prune": (prune, (0.75, PerLayer(0.75), 0.5, PerLayer(0.5), 0.25, PerLayer(0.25))),
     "deskip": (deskip, lambda job: (fine_tune_epochs(job), 2 * fine_tune_epochs(job))),  # the milder: a longer path
     "lowrank": (lowrank, ("auto", 0.5)),
     "int8": (int8, ("all", "keep-ends")),
