@@ -10,8 +10,9 @@ tries them in that order and keeps the first that is faster and within the accur
              with distillation from the original
     deskip   residual adds -> blends, fine-tuned down to t = 0 (foldpass.homotopy.deskip), then the
              skips leave the graph:  (1-t)*s_b*b + t*s_s*s, t == 0  ->  s_b*b
-    lowrank  CP / Tucker-2 / TT factorization of the k x k convs (foldpass.decomposition); the method
-             chosen by latency measured on the target, batch norm recalibrated, fine-tuned
+    lowrank  CP / Tucker-2 / TT factorization of the k x k convs (foldpass.decomposition); each
+             layer's method chosen by its latency measured on the target (layer_choice), batch norm
+             recalibrated, fine-tuned
     int8     onnxruntime.quantization.quantize_static: QDQ, per-channel int8 weights, uint8
              activations calibrated on training images; judged by accuracy (lossy, not verified)
 
@@ -281,47 +282,36 @@ def prune(job: Job, state: State, ratio: float | PerLayer = 0.5) -> State:
 # ----------------------------------------------------------------------------- lowrank
 
 
-def _factorized(model: nn.Module, example: torch.Tensor, method: str, rank):
-    from ..decomposition import decompose
-
-    result = decompose(model, example, method, rank)
-    return result if result.layers else None
-
-
 def lowrank(job: Job, state: State, rank="auto") -> State:
-    """Each method (CP, Tucker-2, TT) at `rank` ("auto": VBMF; a fraction: of each conv's parameters),
-    exported and timed against the current file; the fastest one fine-tuned (batch norm recalibrated
-    first, then trained with distillation)."""
+    """Each k x k conv given the method (CP, Tucker-2, TT) whose chain at `rank` ("auto": VBMF; a
+    fraction: of each conv's parameters) runs fastest on the target, timed layer by layer
+    (layer_choice; a layer no chain beats stays a conv); the factorized model then fine-tuned (batch
+    norm recalibrated first, then trained with distillation). compress times the whole file after."""
+    from ..decomposition import decompose
     from ..decomposition.batchnorm_training import recalibrate_batchnorm, trainable_batchnorm
-    from ..defaults import DECOMPOSITION_METHODS
     from ..extras import require
+    from .layer_choice import layer_methods
+    from .measure import shared
 
     for module in ("tensorly", "scipy"):
         require(module, "decompose")
     model = _needs_model(state, "lowrank")
-    timed = []
-    for method in DECOMPOSITION_METHODS:
-        result = _factorized(model, job.example[:1], method, rank)
-        if result is None:
-            continue
-        path = export(job, result.module, f"lowrank-{method}-{rank}").path
-        speed = job.latency(path, state.onnx)
-        job.log(f"lowrank {method} at rank {rank}: {speed.faster()[1]} before fine-tuning")
-        timed.append((speed, method, result))
-    if not timed:
+    methods, _ = shared(lambda: layer_methods(model, job.example, rank, job.batches, job.threads, log=job.log))
+    if not methods:
+        raise Decline(f"no conv's factorization at rank {rank} runs faster than the conv on the target", final=False)
+    result = decompose(model, job.example[:1], methods, rank)
+    if not result.layers:
         raise Decline(f"no conv is worth factorizing at rank {rank} (each one's reason: foldpass decompose)", final=False)
-    speed, method, result = max(timed, key=lambda m: sum(m[0].vs_current.values()))
-    ok, why = speed.faster()
-    if not ok:
-        raise Decline(f"the fastest factorization ({method}) is {why}", final=rank != "auto")
+    counts = {m: list(methods.values()).count(m) for m in dict.fromkeys(methods.values())}
+    job.log(f"lowrank at rank {rank}: {', '.join(f'{n} {m}' for m, n in counts.items())} of the convs")
     gm = result.module
     recalibrate_batchnorm(gm, job.splits.train)
     with trainable_batchnorm(gm):  # the traced graph's batch norms as modules that train
-        _fine_tune(job, gm, f"lowrank {method}")
+        _fine_tune(job, gm, "lowrank")
     gm.eval()
-    out = export(job, gm, f"lowrank-{method}-{rank}")
-    return State(gm, out.path, [*state.structure, {"step": "lowrank", "method": method, "rank": rank, "replayable": False}],
-                 out.verification, out.macs)
+    out = export(job, gm, f"lowrank-{rank}")
+    change = {"step": "lowrank", "methods": methods, "rank": rank, "replayable": False}
+    return State(gm, out.path, [*state.structure, change], out.verification, out.macs)
 
 
 # ----------------------------------------------------------------------------- int8

@@ -32,7 +32,7 @@ from .low_rank_decomposition import LayerReport, low_rank_decomposition, total_p
 @dataclass
 class DecomposeResult:
     module: fx.GraphModule
-    method: str
+    method: str | dict  # one for every layer, or {conv node name: method}
     rank: object
     layers: list[LayerReport]
     params: tuple[int, int]
@@ -56,7 +56,8 @@ class DecomposeResult:
         from rich.table import Table
 
         console = console or Console()
-        table = Table(title=f"{self.method} decomposition (lossy)")
+        shown = self.method if isinstance(self.method, str) else "per-layer"
+        table = Table(title=f"{shown} decomposition (lossy)")
         for col in ("layer", "shape", "rank", "params", "MACs / sample", "rel. error"):
             table.add_column(col, justify="left" if col in ("layer", "shape") else "right")
         for layer in self.layers:
@@ -86,7 +87,7 @@ class DecomposeResult:
                 "layers": [layer.as_dict() for layer in self.layers], "kept": self.kept}
 
 
-def decompose(model: torch.nn.Module | ExportedProgram, example_input: torch.Tensor, method: str = "tucker",
+def decompose(model: torch.nn.Module | ExportedProgram, example_input: torch.Tensor, method: str | dict = "tucker",
               rank="auto", finetune: tuple | None = None, lr: float = 1e-3, recalibrate: bool = True,
               log=None) -> DecomposeResult:
     """Traces `model`, factorizes its k x k convs where that saves MACs, and optionally fine-tunes.

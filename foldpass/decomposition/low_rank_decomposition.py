@@ -9,6 +9,10 @@
 parafac, tensor_train), in float64. The stride and padding go to the spatial steps; the bias to
 the last 1x1.
 
+`method` is one of them for every layer, or a dict {conv node name: method} (compress chooses each
+layer's method by its measured latency: foldpass.compression.layer_choice); a conv the dict does not
+name is kept.
+
 Ranks: an int is the rank itself; a float in (0, 1) the fraction of the layer's parameters to
 keep; "auto" is EVBMF (foldpass.vbmf) on the output- and input-mode unfoldings. A layer is
 factorized only when its chain has fewer MACs than the conv (the same cost model as the folds);
@@ -163,6 +167,20 @@ def _factorize(method: str, w: np.ndarray, rank: tuple[int, ...]):
             np.transpose(g3, (2, 0, 1))[:, :, None, :], g4[..., 0].T.reshape(o, r3, 1, 1)], recon
 
 
+def factor_shapes(method: str, ranks: tuple[int, ...], shape: tuple[int, int, int, int]) -> list[tuple[int, ...]]:
+    """The shape of each conv weight in the chain of an O x I x kh x kw conv at `ranks` (_factorize's
+    output without the factorization: what a latency measurement needs)."""
+    o, i, kh, kw = shape
+    if method == "tucker":
+        ro, ri = ranks
+        return [(ri, i, 1, 1), (ro, ri, kh, kw), (o, ro, 1, 1)]
+    if method == "cp":
+        (r,) = ranks
+        return [(r, i, 1, 1), (r, 1, kh, 1), (r, 1, 1, kw), (o, r, 1, 1)]
+    r1, r2, r3 = ranks
+    return [(r1, i, 1, 1), (r2, r1, kh, 1), (r3, r2, 1, kw), (o, r3, 1, 1)]
+
+
 def _chain(method, factors, stride, pad):
     """(weight, stride, padding, groups) of each conv in the chain."""
     sh, sw = stride
@@ -187,6 +205,7 @@ def _param(gm: fx.GraphModule, value: torch.Tensor, before: fx.Node) -> fx.Node:
 @dataclass
 class _Planned:
     node: fx.Node
+    method: str
     w: np.ndarray  # float64
     dtype: torch.dtype
     ranks: tuple[int, ...]
@@ -194,10 +213,11 @@ class _Planned:
     macs: tuple[int, int]
 
 
-def plan(gm: fx.GraphModule, method: str, rank, notes: Notes | None = None) -> list[_Planned]:
+def plan(gm: fx.GraphModule, method: str | dict[str, str], rank, notes: Notes | None = None) -> list[_Planned]:
     """The convs the pass would factorize, with their ranks and costs; each one it keeps goes to notes."""
-    if method not in METHODS:
-        raise InputError(f"unknown method '{method}'; valid methods: {', '.join(METHODS)}")
+    for m in ([method] if isinstance(method, str) else method.values()):
+        if m not in METHODS:
+            raise InputError(f"unknown method '{m}'; valid methods: {', '.join(METHODS)}")
     rank = parse_rank(rank)
     notes = Notes(NAME) if notes is None else notes
     shapes = infer_shapes(gm)
@@ -210,39 +230,41 @@ def plan(gm: fx.GraphModule, method: str, rank, notes: Notes | None = None) -> l
         if weight is None or weight.dim() != 4:
             continue
         o, i, kh, kw = weight.shape
+        layer_method = method if isinstance(method, str) else method.get(node.name)
         why = ("it is 1x1 (a matrix)" if kh * kw == 1 else "it is grouped" if groups != 1 else
-               "it is transposed or dilated" if transposed or any(d != 1 for d in dil) else None)
+               "it is transposed or dilated" if transposed or any(d != 1 for d in dil) else
+               "no factorization of it measured faster than the conv" if layer_method is None else None)
         if why is None:
             w = weight.detach().to(torch.float64).numpy()
-            ranks = choose_rank(method, rank, w)
+            ranks = choose_rank(layer_method, rank, w)
             why = _rank_too_low(rank, ranks)
         if why:
             notes.declined(f"{node.name} kept: {why}", node.name)
             continue
         hin, win = shapes[node.args[0]].sample_shape[1:]
         hout, wout = shapes[node].sample_shape[1:]
-        params_after, macs_after = _chain_cost(method, ranks, o, i, kh, kw, hin * win, hout * win, hout * wout)
+        params_after, macs_after = _chain_cost(layer_method, ranks, o, i, kh, kw, hin * win, hout * win, hout * wout)
         macs_before = hout * wout * w.size
         if macs_after >= macs_before:
-            notes.declined(f"{node.name} kept: the {method} chain at rank {ranks} costs {macs_after:,} MACs >= the "
+            notes.declined(f"{node.name} kept: the {layer_method} chain at rank {ranks} costs {macs_after:,} MACs >= the "
                            f"conv's {macs_before:,}", node.name)
             continue
-        planned.append(_Planned(node, w, weight.dtype, ranks, (w.size, params_after), (macs_before, macs_after)))
+        planned.append(_Planned(node, layer_method, w, weight.dtype, ranks, (w.size, params_after), (macs_before, macs_after)))
     return planned
 
 
-def low_rank_decomposition(gm: fx.GraphModule, ctx=None, *, method: str = "tucker", rank="auto",
+def low_rank_decomposition(gm: fx.GraphModule, ctx=None, *, method: str | dict[str, str] = "tucker", rank="auto",
                            report: list[LayerReport] | None = None) -> PassResult:
     """Replaces each k x k conv whose factorized chain costs fewer MACs by that chain."""
     notes = Notes(NAME)
     planned = plan(gm, method, rank, notes)
     for p in planned:
         node, (o, i, kh, kw) = p.node, p.w.shape
-        factors, recon = _factorize(method, p.w, p.ranks)
+        factors, recon = _factorize(p.method, p.w, p.ranks)
         error = float(np.linalg.norm(p.w - recon) / max(np.linalg.norm(p.w), 1e-30))
         bias, stride, pad = node.args[2:5]
         x = node.args[0]
-        for k, (fw, st, pd, g) in enumerate(_chain(method, factors, _pair(stride), _pair(pad))):
+        for k, (fw, st, pd, g) in enumerate(_chain(p.method, factors, _pair(stride), _pair(pad))):
             last = k == len(factors) - 1
             wnode = _param(gm, torch.from_numpy(np.ascontiguousarray(fw)).to(p.dtype), node)
             with gm.graph.inserting_before(node):
@@ -251,11 +273,11 @@ def low_rank_decomposition(gm: fx.GraphModule, ctx=None, *, method: str = "tucke
         node.replace_all_uses_with(x)
         gm.graph.erase_node(node)
         actual = {"tucker": (factors[1].shape[0], factors[0].shape[0]), "cp": p.ranks,
-                  "tt": tuple(int(f.shape[0]) for f in factors[:-1])}[method]
+                  "tt": tuple(int(f.shape[0]) for f in factors[:-1])}[p.method]
         layer = LayerReport(node.name, (o, i, kh, kw), actual, p.params, p.macs, error)
         if report is not None:
             report.append(layer)
-        notes.applied(f"{node.name} {o}x{i}x{kh}x{kw} -> {method} rank {actual}: params {p.params[0]:,} -> "
+        notes.applied(f"{node.name} {o}x{i}x{kh}x{kw} -> {p.method} rank {actual}: params {p.params[0]:,} -> "
                       f"{p.params[1]:,}, MACs {p.macs[0]:,} -> {p.macs[1]:,}, error {error:.3f}", node.name)
     if planned:
         drop_unused_attrs(gm)
