@@ -57,7 +57,7 @@ def test_zoo_page_calls_slower_only_beyond_the_measured_noise_band(tmp_path):
     zoo_docs.write_docs(results, str(tmp_path))
     page = (tmp_path / "zoo.md").read_text()
     assert "3 timed, 1 slower than the direct export beyond the noise band (+-0.05 at batch 1" in page
-    assert ": b (b1 0.90x (noise +-0.05), b8 0.90x (noise +-0.05))." in page  # a: 0.96x is within the noise
+    assert ": b (b1 0.90x (noise +-0.05), b8 0.90x (noise +-0.05)); 0 timed against" in page  # a: within the noise
     assert "b1: foldpass 0.96x (A/A +-0.05)" in page
 
 
@@ -181,3 +181,23 @@ def test_compile_time_page_gives_each_model_its_verdict_and_the_totals():
            "100 / 90 / 80 | **no** |" in page
     assert page.index("| slow |") < page.index("| big export |") < page.index("| fast |")  # slowest first
     assert "broken (crashed: boom)" in page
+
+
+def test_zoo_page_holds_foldpass_to_the_torchscript_exporters_file_and_lists_the_op_pairs(tmp_path):
+    def timed(foldpass_ratio, legacy_ratio, legacy_ops):
+        return {"status": "verified", "params": 1e6,
+                "ops": {"direct": {"Relu": 3, "ReduceMean": 1}, "foldpass": {"Relu": 2, "GlobalAveragePool": 1},
+                        "legacy": legacy_ops},
+                "speed": {f"{k}@{b}": {"us": 1.0, "vs_direct": r} for b in (1, 8)
+                          for k, r in (("direct", 1.0), ("direct again", 1.02), ("foldpass", foldpass_ratio),
+                                       ("legacy", legacy_ratio))}}
+
+    results = {"meta": {}, "models": {
+        "tv:a": timed(1.10, 1.12, {"Relu": 2, "GlobalAveragePool": 1}),  # 0.98x of legacy: inside the band
+        "tv:b": timed(1.00, 1.10, {"Relu": 2, "ReduceMean": 1})}}  # 0.91x: slower
+    zoo_docs.write_docs(results, str(tmp_path))
+    page = (tmp_path / "zoo.md").read_text()
+    assert "2 timed against the TorchScript exporter's file, 1 slower than it beyond the band: b (b1 0.91x of legacy" \
+        in page
+    assert "| GlobalAveragePool | 0 | 1 | - | b |" in page and "| ReduceMean | 1 | 0 | b | - |" in page
+    assert "| Relu |" not in page  # the same count in both files

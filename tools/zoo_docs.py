@@ -58,6 +58,48 @@ def slower(entry: dict, band_of: dict[int, float]) -> list[str]:
     return out
 
 
+def slower_than_legacy(entry: dict, band_of: dict[int, float]) -> list[str]:
+    """The batches at which foldpass runs slower than the TorchScript exporter's file beyond the noise
+    band (both timed in the same interleaved run against the direct export)."""
+    s = entry.get("speed") or {}
+    out = []
+    for batch in (1, 8):
+        ours, theirs = s.get(f"foldpass@{batch}"), s.get(f"legacy@{batch}")
+        if ours and theirs:
+            ratio = ours["vs_direct"] / theirs["vs_direct"]
+            if ratio < 1 - band_of[batch]:
+                out.append(f"b{batch} {ratio:.2f}x of legacy (noise +-{band_of[batch]:.2f})")
+    return out
+
+
+def op_pairs(models: dict) -> list[str]:
+    """Markdown table: each op type whose count differs between the TorchScript exporter's file and
+    foldpass's, over the models that have both (how the two write the same computation)."""
+    both = {k: e["ops"] for k, e in models.items() if "legacy" in e.get("ops", {}) and "foldpass" in e.get("ops", {})}
+    if not both:
+        return []
+    kinds = sorted({op for o in both.values() for op in (*o["legacy"], *o["foldpass"])})
+    rows = []
+    for op in kinds:
+        diff = {k.removeprefix("tv:"): (o["legacy"].get(op, 0), o["foldpass"].get(op, 0)) for k, o in both.items()
+                if o["legacy"].get(op, 0) != o["foldpass"].get(op, 0)}
+        if not diff:
+            continue
+        more = [k for k, (a, b) in diff.items() if a > b]
+        fewer = [k for k, (a, b) in diff.items() if a < b]
+        names = lambda ks: (", ".join(ks[:5]) + (f" and {len(ks) - 5} more" if len(ks) > 5 else "")) or "-"  # noqa: E731 - local
+        rows.append(f"| {op} | {sum(a for a, _ in diff.values())} | {sum(b for _, b in diff.values())} | "
+                    f"{names(more)} | {names(fewer)} |")
+    return ["## foldpass against the TorchScript exporter, op type by op type", "",
+            f"Over the {len(both)} models timed against the TorchScript exporter's file (`--legacy`): each op type "
+            "whose count differs, its total in the models where it differs, and those models. A pair of rows that "
+            "trade counts (GlobalAveragePool / ReduceMean, Flatten / Reshape) is the same computation written two "
+            "ways; shape plumbing (Shape, Gather, Unsqueeze, Concat, Constant) is what the TorchScript exporter "
+            "writes for a dynamic batch and foldpass folds away.", "",
+            "| op | legacy | foldpass | models where legacy has more | models where foldpass has more |",
+            "|---|---:|---:|---|---|", *rows, ""]
+
+
 def speed(entry: dict) -> str:
     s = entry.get("speed")
     if not s:
@@ -105,7 +147,13 @@ def write_docs(results: dict, folder: str) -> None:
                   "deviation over the zoo)"
                   + (": " + "; ".join(f"{k.removeprefix('tv:')} ({', '.join(slower(e, band_of))})"
                                       for k, e in group.items() if slower(e, band_of))
-                     if any(slower(e, band_of) for e in group.values()) else "") + ".", "",
+                     if any(slower(e, band_of) for e in group.values()) else "") + "; "
+                  f"{sum(1 for e in group.values() if 'legacy@1' in (e.get('speed') or {}))} timed against the "
+                  "TorchScript exporter's file, "
+                  f"{sum(1 for e in group.values() if slower_than_legacy(e, band_of))} slower than it beyond the band"
+                  + (": " + "; ".join(f"{k.removeprefix('tv:')} ({', '.join(slower_than_legacy(e, band_of))})"
+                                      for k, e in group.items() if slower_than_legacy(e, band_of))
+                     if any(slower_than_legacy(e, band_of) for e in group.values()) else "") + ".", "",
                   "| model | params | direct | deploy | foldpass | parity | max error / scale | optimize | speed | commit |",
                   "|---|---:|---|---|---|---|---:|---:|---|---|"]
         for name, e in group.items():
@@ -129,5 +177,6 @@ def write_docs(results: dict, folder: str) -> None:
             for reason, names in sorted(kept.items(), key=lambda kv: -len(kv[1]))[:8]:
                 lines.append(f"- {reason[:220]} ({', '.join(names[:6])}{' ...' if len(names) > 6 else ''})")
         lines.append("")
+    lines += op_pairs(models)
     with open(os.path.join(folder, "zoo.md"), "w") as f:
         f.write("\n".join(lines))
