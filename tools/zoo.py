@@ -176,7 +176,9 @@ def measure(name: str, speed: bool, rounds: int, legacy: bool = False) -> dict:
             entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         entry["optimize_seconds"] = time.perf_counter() - began
         entry["ops"] = {k: ops_of(p) for k, p in paths.items()}
-        if speed and "foldpass" in paths and len({sum(o.values()) for o in entry["ops"].values()}) > 1:
+        # timed where the files differ in any op type's count (not only in their totals: GlobalAveragePool
+        # in one where the other has ReduceMean is the same count and another speed)
+        if speed and "foldpass" in paths and len({tuple(sorted(o.items())) for o in entry["ops"].values()}) > 1:
             if "direct" in paths:  # the direct export timed twice: its ratio to itself is the noise band
                 import shutil
 

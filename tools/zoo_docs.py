@@ -127,8 +127,8 @@ def write_docs(results: dict, folder: str) -> None:
              "same way; **legacy** (where a row shows it): torch's TorchScript exporter (`dynamo=False`, opset 17); "
              "**foldpass**: `foldpass.optimize(model)` then `save_onnx` (verified against the original). "
              "Op counts are Conv / Add / BatchNormalization / **all ops**. Speed: onnxruntime CPU, interleaved "
-             "rounds, median ratio against the direct export (> 1 is faster), measured only where the op counts "
-             "differ; A/A is the direct export timed again as its own peer, how far its ratio is from 1 (the noise "
+             "rounds, median ratio against the direct export (> 1 is faster), measured only where the files differ in "
+             "some op type's count; A/A is the direct export timed again as its own peer, how far its ratio is from 1 (the noise "
              "band: these runs shared the 2 cores with other jobs, and the band says how much that moved the ratios). "
              "Rows measured at an older commit say so (`commit`). Re-run: `python tools/zoo.py` (resumable; "
              "`--docs-only` redraws this page).", ""]
