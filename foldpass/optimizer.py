@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -36,6 +37,22 @@ from .tracing import batch_of_two, program_of, trace
 from .verification import (DEFAULT_ATOL, DEFAULT_RTOL, LARGE_BATCH, Recorded, Verification, check_tolerances, compare,
                            effective_rtol, export_errors, float32_noise, float64_errors, output_tensors,
                            verification_inputs, verify, verify_module)
+
+
+@dataclass(frozen=True)
+class _Save:
+    """One save_onnx call's options, as it was given them (save_onnx's docstring)."""
+
+    path: str
+    verify: bool
+    rtol: float
+    atol: float
+    extra_inputs: tuple
+    opset: int | None
+    force: bool
+    precision: str
+    half_io: bool
+    compare: bool  # count the direct export's ops (fp32 only)
 
 
 @dataclass
@@ -100,21 +117,27 @@ class OptimizeResult:
         """
         path = check_outputs({"output": os.fspath(path)}, [self.source_path], force)["output"]
         check_tolerances(rtol, atol)
-        compare = compare_direct and precision == "fp32"
-        # the direct export counted on a second core while this process exports and verifies (peer.py)
+        save = _Save(path, verify_output, rtol, atol, tuple(extra_inputs), opset, force, precision, half_io,
+                     compare_direct and precision == "fp32")
+        with self._direct_count(save) as peer:
+            return self._write(save, peer)
+
+    @contextlib.contextmanager
+    def _direct_count(self, save: _Save):
+        """The direct export's op count, started on a second core (peer.py) while this process exports
+        and verifies; None where it is counted in-process or not at all. Stopped however the save ends."""
         peer = None
-        if compare and self.program is not None:
-            peer = self._started_peer(opset or self.opset) or DirectOps.start(self.program, opset or self.opset,
-                                                                               self.report.timings.get("trace", 0.0))
+        if save.compare and self.program is not None:
+            opset = save.opset or self.opset
+            peer = self._started_peer(opset) or DirectOps.start(self.program, opset, self.report.timings.get("trace", 0.0))
         try:
-            return self._save_onnx(path, verify_output, rtol, atol, extra_inputs, opset, force, precision, half_io,
-                                   compare, peer)
+            yield peer
         finally:
             if peer is not None:
                 peer.cancel()
 
-    def _save_onnx(self, path, verify_output, rtol, atol, extra_inputs, opset, force, precision, half_io, compare,
-                   peer) -> Verification | None:
+    def _write(self, save: _Save, peer: DirectOps | None) -> Verification | None:
+        opset, precision, half_io, rtol, atol = save.opset, save.precision, save.half_io, save.rtol, save.atol
         t0 = time.perf_counter()
         model = self.to_onnx(opset, precision, half_io)
         self.report.precision = precision + (" (float16 inputs and outputs)" if half_io else "")
@@ -122,7 +145,7 @@ class OptimizeResult:
             rtol = effective_rtol(rtol, torch.float16)
         self.report.timings["export"] = time.perf_counter() - t0
         self.report.onnx_ops = onnx_op_counts(model)
-        if compare and not verify_output:
+        if save.compare and not save.verify:
             self._compare_direct(opset, peer)
         checked: list[Verification] = []
 
@@ -131,7 +154,7 @@ class OptimizeResult:
             stamped = onnx.load(written, load_external_data=False)  # the file as it is checked
             checked_graph = stamped.graph.SerializeToString()
             # the reference runs once per case, however many checks the gate makes on its outputs
-            reference, cases = Recorded(self.reference or self.original), self.gate_inputs(extra_inputs)
+            reference, cases = Recorded(self.reference or self.original), self.gate_inputs(list(save.extra_inputs))
             try:
                 checked.append(verify(written, reference, cases, rtol=rtol, atol=atol))
             except VerificationError as failed:
@@ -147,14 +170,14 @@ class OptimizeResult:
                     "foldpass was held to twice that plus the tolerance")
             self.report.verification = checked[0].as_dict()
             self.report.timings["verify"] = time.perf_counter() - t0
-            if compare:  # before the stamp: the report it writes holds the comparison
+            if save.compare:  # before the stamp: the report it writes holds the comparison
                 self._compare_direct(opset, peer)
             stamp(stamped, self.module, self._metadata())  # the verified file also says how it was verified
             if stamped.graph.SerializeToString() != checked_graph:  # metadata only: the graph is the bytes checked
                 raise VerificationError("the file's graph changed after its check (stamping its metadata); not written")
             onnx.save(stamped, written)
 
-        save_atomic(model, path, check=gate if verify_output else None, force=force)
+        save_atomic(model, save.path, check=gate if save.verify else None, force=save.force)
         return checked[0] if checked else None
 
     def _export_errors(self, reference, cases, opset: int | None, precision: str, failed: VerificationError):
