@@ -379,3 +379,11 @@ def test_under_torchrun_every_rank_follows_rank_0s_measurements_and_only_rank_0_
     assert r0["statuses"] == r1["statuses"] and r0["accuracies"] == r1["accuracies"]
     assert r0["state"] == r1["state"]  # fine-tuned together (DistributedDataParallel)
     assert (tmp_path / "ck0" / "state.json").is_file() and not (tmp_path / "ck1").exists()
+
+
+def test_per_layer_pruning_declines_where_no_group_is_more_sensitive_than_the_median(trained, tmp_path, monkeypatch):
+    job = steps_module.Job(splits(), trained, torch.zeros(2, 1, 8, 8), str(tmp_path), epochs=0, log=lambda _: None)
+    monkeypatch.setattr(steps_module, "sensitivities", lambda job, model, ratio, prune_with: {"a": 0.5, "b": 0.5})
+    with pytest.raises(Decline, match="no group is more sensitive than the median at 0.5") as declined:
+        steps_module.prune(job, steps_module.State(trained, "", []), steps_module.PerLayer(0.5))
+    assert not declined.value.final  # the next, milder ratio is still tried

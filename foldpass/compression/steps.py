@@ -266,6 +266,9 @@ def prune(job: Job, state: State, ratio: float | PerLayer = 0.5) -> State:
                 raise Decline("one prunable group: no layer to spare", final=False)
             median = sorted(drops.values())[len(drops) // 2]
             spared = sorted(n for n, d in drops.items() if d > median)
+            if not spared:  # the per-layer ratios would be the uniform ones, tried already
+                raise Decline(f"no group is more sensitive than the median at {value:g} "
+                              f"({max(drops.values()):.2f} points at most)", final=False)
             job.log(f"prune {ratio}: {len(spared)} of {len(drops)} groups at {value / 2:g} (the most sensitive: "
                     f"{', '.join(spared[:4])}{', ...' if len(spared) > 4 else ''})")
             prune_with(model, {n: value / 2 for n in spared}, default=value)
