@@ -20,6 +20,7 @@ import os
 import numpy as np
 import onnx
 import torch
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
@@ -202,6 +203,8 @@ def _slice(x, starts, ends, axes=None, steps=None):
     steps = _ints(steps) if steps is not None else [1] * len(starts)
     if isinstance(x, list):
         return x[slice(starts[0], min(ends[0], len(x)), steps[0])]
+    if any(st < 0 for st in steps):  # torch indexing takes no negative step: the node passes through
+        raise InputError("a negative step")
     index = [slice(None)] * x.dim()
     for s, e, a, st in zip(starts, ends, axes, steps):
         size = x.shape[a]
@@ -280,7 +283,10 @@ def _as_tensor(v) -> torch.Tensor:
     dtype = torch.float32 if any(isinstance(i, float) for i in items) else torch.int64
     if not any(isinstance(i, torch.SymInt) for i in items):
         return torch.tensor(v, dtype=dtype)
-    stacked = torch.stack([torch.as_tensor(i, dtype=dtype) for i in items])
+    # scalar_tensor takes a data-dependent size (an unbacked SymInt: a count out of NonMaxSuppression or
+    # NonZero) without guarding on its value; as_tensor would need the value
+    stacked = torch.stack([torch.scalar_tensor(i, dtype=dtype) if isinstance(i, torch.SymInt) else
+                           torch.as_tensor(i, dtype=dtype) for i in items])
     return stacked if isinstance(v, list) else stacked[0]
 
 
@@ -408,6 +414,9 @@ def _attr(a: onnx.AttributeProto):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+_FELL_BACK: dict[str, dict[str, str]] = {}  # OnnxModule._token -> its table ops that passed through as traced
+
+
 class OnnxModule(nn.Module):
     """An ONNX graph as an nn.Module (float constants as buffers, integer constants as Python values)."""
 
@@ -439,9 +448,15 @@ class OnnxModule(nn.Module):
             self.steps.append((node.op_type if _known(node, attrs) else None, list(node.input), list(node.output),
                                attrs, node))
         self.passed_through = sorted({_label(n) for op, *_, n in self.steps if op is None})
+        self._token = os.urandom(8).hex()  # the key of fell_back (a deep copy traced by torch.export keeps it)
         init_names = {i.name for i in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in init_names]
         self.output_names = [o.name for o in graph.output]
+
+    @property
+    def fell_back(self) -> dict[str, str]:
+        """op -> why, for each table op that passed through as it ran (the traced copy's record)."""
+        return _FELL_BACK.get(self._token, {})
 
     def _opaque(self, node: onnx.NodeProto) -> str:
         """The key of `node` passed through as it is (onnx_opaque), registered on first use."""
@@ -492,7 +507,11 @@ class OnnxModule(nn.Module):
                 args.pop()
             try:
                 result = ONNX_OPS[op](*args, **attrs)
-            except InputError:  # a form of a known op that foldpass does not rewrite: it passes through
+            except (InputError, GuardOnDataDependentSymNode) as exc:
+                # a form of a known op that foldpass does not rewrite, or one that would need a value known
+                # only at run time (a Clip bound computed from the data): it passes through
+                _FELL_BACK.setdefault(self._token, {}).setdefault(_label(node), "a value known only at run time" if isinstance(
+                    exc, GuardOnDataDependentSymNode) else first_line(exc))
                 env.update(zip(outs, self._run_opaque(node, env)))
                 continue
             except (TypeError, AttributeError, IndexError):  # a tensor op on a shape value

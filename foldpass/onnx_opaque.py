@@ -51,8 +51,12 @@ class OpaqueNode:
     _shapes: dict = field(default_factory=dict, repr=False)
 
     def _alone(self, inputs: list, outputs: list) -> onnx.ModelProto:
-        """A model of this node alone, with these graph inputs and outputs, in the file's opsets."""
-        graph = onnx.helper.make_graph([self.node], "opaque", inputs, outputs)
+        """A model of this node alone, with these graph inputs and outputs, in the file's opsets (a value
+        the node reads twice, as Slice's starts and steps can be, is one graph input)."""
+        unique: dict[str, onnx.ValueInfoProto] = {}
+        for v in inputs:
+            unique.setdefault(v.name, v)
+        graph = onnx.helper.make_graph([self.node], "opaque", list(unique.values()), outputs)
         model = onnx.helper.make_model(graph, opset_imports=self.opsets, functions=self.functions)
         model.ir_version = self.ir_version
         return model

@@ -367,6 +367,10 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
             gm = trace(original, inputs, "static" if src.static_batch and mode != "dynamic" else mode)
     else:
         raise InputError(f"cannot optimize a {type(src.model).__name__}: expected an nn.Module or an ExportedProgram")
+    fell_back = getattr(original, "fell_back", None)  # an ONNX source: table ops that passed through as traced
+    if fell_back:
+        report_warnings.append("also passed through as they are: " + ", ".join(f"{op} ({why})" for op, why in
+                                                                               sorted(fell_back.items())))
     if src.static_batch and mode != "dynamic":  # an ONNX input with a fixed batch keeps it
         gm.meta[BATCH_KEY] = BatchPlan.fixed(src.static_batch, f"the ONNX input fixes its batch to {src.static_batch}")
     plan = BatchPlan.of(gm)
