@@ -656,7 +656,9 @@ def main(argv: list[str] | None = None) -> int:
         except FoldpassError as exc:
             if args.debug:
                 raise
-            _say(f"foldpass: error: {_as_flags(str(exc))}")
+            # the first line: torch's interpreter appends the graph node it was running to an error raised in it
+            text = str(exc).strip()
+            _say(f"foldpass: error: {_as_flags(text.splitlines()[0] if text else type(exc).__name__)}")
             return exc.exit_code
         except KeyboardInterrupt:
             _say("foldpass: interrupted")

@@ -132,7 +132,16 @@ def evaluate(key: str, arrays: list[np.ndarray | None]) -> list[np.ndarray]:
         types.append(t)
         if name and x is not None:
             feeds[name] = np.ascontiguousarray(x, dtype=_NUMPY_OF_ONNX.get(t, x.dtype))
-    return node.session(tuple(types)).run(None, feeds)
+    session = node.session(tuple(types))
+    try:
+        return session.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types; the file's node fails on these inputs
+        from .errors import first_line
+
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
+        raise InputError(f"onnxruntime cannot run the file's {node.label} node on {shapes}: {first_line(exc)[:200]}; "
+                         "a file exported for one batch size (its per-image loops unrolled) runs at that size "
+                         "only: pass --batch N") from None
 
 
 @torch.library.custom_op("foldpass::onnx_node", mutates_args=())

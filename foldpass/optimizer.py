@@ -345,13 +345,17 @@ def optimize(model: torch.nn.Module | ExportedProgram | Source, example_input=No
     check_options(set_t=set_t, max_fold_bytes=max_fold_bytes)
     if not (batch in ("auto", "dynamic", "static") or isinstance(batch, int) and not isinstance(batch, bool) and batch > 0):
         raise InputError(f"batch must be 'auto', 'dynamic', 'static' or a positive int; got {batch!r}")
-    mode = batch if isinstance(batch, str) else "auto"
     if not isinstance(model, Source):
         if example_input is None:
             raise InputError("example_input is required unless model is a Source from load_source")
         model = Source(model, _as_inputs(example_input), source or type(model).__name__)
     src = model
     inputs = _as_inputs(src.inputs if example_input is None else example_input)
+    mode = batch if isinstance(batch, str) else "auto"
+    if isinstance(batch, int) and not isinstance(src.model, ExportedProgram):
+        # a size on purpose: a module is traced at that size (it may run at no other: an ONNX file with its
+        # per-image loops unrolled for it); a program is traced as it is, then fixed below
+        mode, inputs = "static", tuple(torch.cat([x[:1]] * batch) for x in inputs)
     report_warnings: list[str] = list(src.warnings)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

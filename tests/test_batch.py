@@ -82,3 +82,32 @@ def test_the_onnx_batch_axis_keeps_its_name(tmp_path):
     assert main(["optimize", str(tmp_path / "in.onnx"), "-o", str(tmp_path / "out.onnx")]) == 0
     out = onnx.load(tmp_path / "out.onnx")
     assert [v.type.tensor_type.shape.dim[0].dim_param for v in [*out.graph.input, *out.graph.output]] == ["n", "n"]
+
+
+def test_an_onnx_file_that_runs_only_at_its_own_batch_is_optimized_at_the_batch_given(tmp_path, capsys):
+    """The TorchScript exporter unrolls per-image loops (torchvision's detection models) for the batch it
+    was given, yet names the axis dynamic: such a file runs at that batch only. --batch 2 traces it at 2
+    (before, the trace ran it at batch 1 and 3, and onnxruntime refused the Split)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from test_onnx_input import HEADER, parsed
+
+    model = parsed(HEADER + """g (float[N, 2, 6, 6] x) => (float[N, 4, 6, 6] y) {
+        s = Constant <value = int64[2] s {1, 1}> ()
+        a, b = Split <axis = 0> (x, s)
+        c = Concat <axis = 1> (a, b)
+        d = Concat <axis = 0> (c, c)
+        y = Conv <pads = [1, 1, 1, 1]> (d, w)
+    }""", w=np.random.default_rng(0).standard_normal((4, 4, 3, 3)))
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, src)
+    assert main(["optimize", str(src), "-o", str(out)]) == 2  # at batch 1 the file cannot run: one clear line
+    assert "\n" not in capsys.readouterr().err.strip()
+    assert main(["optimize", str(src), "-o", str(out), "--batch", "2"]) == 0
+    written = onnx.load(out)
+    assert written.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    x = np.random.default_rng(1).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    want, got = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+                 for m in (model, written))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
