@@ -86,8 +86,10 @@ def _normalize(ep: ExportedProgram, inputs: tuple[torch.Tensor, ...], static: bo
 # MatMul (MaxViT's attention: 44 einsums, +390 ops). None of them is affine in its activations, so
 # no pass needs to look inside; an einsum that reads a weight is kept whole too, and is not folded.
 # avg_pool1d: ONNX's AveragePool takes 3-D input, its decomposition adds an Unsqueeze and a Squeeze.
+# linalg_vector_norm: ONNX's ReduceL2 (ReduceL1, ...), as the direct export and the TorchScript exporter
+# write it; its decomposition is Pow, ReduceSum, Pow (swin_v2's cosine attention: 24 norms, +48 ops).
 KEEP_WHOLE = ("hardswish", "hardsigmoid", "silu", "mish", "softplus", "scaled_dot_product_attention", "einsum",
-              "avg_pool1d")
+              "avg_pool1d", "linalg_vector_norm")
 
 
 def _decompositions() -> dict:

@@ -127,3 +127,19 @@ def test_einsum_attention_exports_as_einsum_not_its_decomposition(tmp_path):
     assert result.report.onnx_ops.get("Einsum") == 2
     assert sum(result.report.onnx_ops.values()) <= sum(result.report.direct_ops.values()), \
         (result.report.onnx_ops, result.report.direct_ops)
+
+
+def test_cosine_attention_norms_export_as_reduce_l2_not_their_decomposition(tmp_path):
+    import foldpass
+
+    class CosineAttention(nn.Module):  # torchvision Swin V2's attention logits
+        def forward(self, x):  # [B, N, 16] -> q, k of [B, 2, N, 4]
+            b, n, _ = x.shape
+            q, k = x.reshape(b, n, 2, 2, 4).permute(2, 0, 3, 1, 4)
+            q, k = nn.functional.normalize(q, dim=-1), nn.functional.normalize(k, dim=-1)
+            return (q @ k.transpose(-2, -1)).softmax(-1)
+
+    result = foldpass.optimize(CosineAttention().eval(), torch.randn(1, 5, 16))
+    result.save_onnx(tmp_path / "c.onnx")
+    assert result.report.onnx_ops.get("ReduceL2") == 2 and "Pow" not in result.report.onnx_ops
+    assert result.report.onnx_ops == result.report.direct_ops  # what torch.onnx.export writes
