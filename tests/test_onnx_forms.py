@@ -29,18 +29,22 @@ def ops(model):
     return [n.op_type for n in model.graph.node]
 
 
-def test_a_spatial_mean_with_kept_dims_becomes_a_global_average_pool(tmp_path):
-    model = SqueezeExcite().eval()
-    foldpass.optimize(model, torch.randn(1, 4, 8, 8)).save_onnx(tmp_path / "se.onnx", compare_direct=False)
-    written = onnx.load(str(tmp_path / "se.onnx"))
-    assert ops(written).count("GlobalAveragePool") == 1 and ops(written).count("ReduceMean") == 2
-    x = torch.randn(3, 4, 8, 8)
-    session = ort.InferenceSession(str(tmp_path / "se.onnx"), providers=["CPUExecutionProvider"])
+def agrees(path, model, x) -> None:
+    """The written file computes what the model does, output by output."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         want = model(x)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_spatial_mean_with_kept_dims_becomes_a_global_average_pool(tmp_path):
+    model = SqueezeExcite().eval()
+    foldpass.optimize(model, torch.randn(1, 4, 8, 8)).save_onnx(tmp_path / "se.onnx", compare_direct=False)
+    written = onnx.load(str(tmp_path / "se.onnx"))
+    assert ops(written).count("GlobalAveragePool") == 1 and ops(written).count("ReduceMean") == 2
+    agrees(tmp_path / "se.onnx", model, torch.randn(3, 4, 8, 8))
 
 
 def test_a_second_run_changes_nothing_and_other_means_stay():
@@ -129,13 +133,7 @@ def test_a_flatten_before_the_classifier_is_written_as_flatten(tmp_path):
     written = onnx.load(str(tmp_path / "head.onnx"))
     assert ops(written).count("Flatten") == 1 and ops(written).count("Reshape") == 1
     assert flattens(written) == 0  # a second run changes nothing
-    x = torch.randn(3, 3, 8, 8)  # the batch stayed dynamic
-    session = ort.InferenceSession(str(tmp_path / "head.onnx"), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    with torch.no_grad():
-        want = model(x)
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-6)
+    agrees(tmp_path / "head.onnx", model, torch.randn(3, 3, 8, 8))  # the batch stayed dynamic
 
 
 def test_a_reshape_that_merges_the_batch_is_not_a_flatten():
