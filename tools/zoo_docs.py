@@ -123,7 +123,7 @@ def op_pairs(models: dict) -> list[str]:
         rows.append(f"| {op} | {sum(a for a, _ in diff.values())} | {sum(b for _, b in diff.values())} | "
                     f"{names(more)} | {names(fewer)} |")
     return ["## foldpass against the TorchScript exporter, op type by op type", "",
-            f"Over the {len(both)} models timed against the TorchScript exporter's file (`--legacy`): each op type "
+            f"Over the {len(both)} models exported by the TorchScript exporter too (`--legacy`): each op type "
             "whose count differs, its total in the models where it differs, and those models. A pair of rows that "
             "trade counts (GlobalAveragePool / ReduceMean, Flatten / Reshape) is the same computation written two "
             "ways; shape plumbing (Shape, Gather, Unsqueeze, Concat, Constant) is what the TorchScript exporter "
