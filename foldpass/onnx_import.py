@@ -510,8 +510,9 @@ class OnnxModule(nn.Module):
             except (InputError, GuardOnDataDependentSymNode) as exc:
                 # a form of a known op that foldpass does not rewrite, or one that would need a value known
                 # only at run time (a Clip bound computed from the data): it passes through
-                _FELL_BACK.setdefault(self._token, {}).setdefault(_label(node), "a value known only at run time" if isinstance(
-                    exc, GuardOnDataDependentSymNode) else first_line(exc))
+                why = "a value known only at run time" if isinstance(exc, GuardOnDataDependentSymNode) \
+                    else first_line(exc)
+                _FELL_BACK.setdefault(self._token, {}).setdefault(_label(node), why)
                 env.update(zip(outs, self._run_opaque(node, env)))
                 continue
             except (TypeError, AttributeError, IndexError):  # a tensor op on a shape value

@@ -60,6 +60,11 @@ def _vs_legacy(entry: dict, batch: int) -> float | None:
     return ours["vs_direct"] / theirs["vs_direct"] if ours and theirs else None
 
 
+def _same_ops(models: dict) -> list[dict]:
+    """The models whose foldpass file and TorchScript file hold the very same op counts."""
+    return [e for e in models.values() if e.get("ops", {}).get("legacy") and e["ops"]["legacy"] == e["ops"].get("foldpass")]
+
+
 def typical_noise(models: dict) -> dict[int, float]:
     """How far foldpass's file and the TorchScript exporter's run apart where they hold the very same
     ops (the same op types, the same counts: any difference is the machine's, or the node order's),
@@ -67,17 +72,15 @@ def typical_noise(models: dict) -> dict[int, float]:
     copy of itself) can come out at 0.00 by chance, and two different files that compute the same
     differ more than one file does from itself. The slow side only: how much slower a file of the same
     ops has looked (the largest 1 - ratio)."""
-    same = [e for e in models.values() if e.get("ops", {}).get("legacy") and
-            e["ops"]["legacy"] == e["ops"].get("foldpass")]
-    return {b: max([1 - r for e in same if (r := _vs_legacy(e, b)) is not None] + [0.0]) for b in (1, 8)}
+    return {b: max([1 - r for e in _same_ops(models) if (r := _vs_legacy(e, b)) is not None] + [0.0])
+            for b in (1, 8)}
 
 
 def same_ops_spread(models: dict) -> str:
     """The foldpass / legacy ratios where both files hold the same ops, per batch: range and median."""
     import statistics
 
-    same = [e for e in models.values() if e.get("ops", {}).get("legacy") and
-            e["ops"]["legacy"] == e["ops"].get("foldpass")]
+    same = _same_ops(models)
     parts = []
     for b in (1, 8):
         ratios = [r for e in same if (r := _vs_legacy(e, b)) is not None]

@@ -3,7 +3,8 @@ TT) under onnxruntime on the target, and each layer given the fastest chain wher
 
     conv(x)  vs  chain_m(x),  m in METHODS, x at the layer's own input shape, at each batch
     speed-up_m(b) = median over blocks of  t_conv(b) / t_chain_m(b)       (foldpass.bench, interleaved)
-    layer -> argmax_m  geomean_b speed-up_m(b),  where that is >= KEEP_MARGIN and no batch is slower
+    layer -> argmax_m  geomean_b speed-up_m(b),  where compress's keep rule holds (measure.Latency.faster:
+             >= KEEP_MARGIN, and no batch slower)
     else the layer stays a conv
 
 A depthwise CP chain has the fewest MACs and can still run slower than Tucker-2's dense convs under
@@ -15,9 +16,7 @@ after the factorization (compress's step loop), since layers timed alone do not 
 
 from __future__ import annotations
 
-import math
 import os
-import statistics
 import tempfile
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from .measure import KEEP_MARGIN, NOT_SLOWER
+from .measure import Latency, block_ratio, geomean
 
 OPSET = 18
 
@@ -59,10 +58,6 @@ def conv_chain_onnx(convs: list[tuple[tuple[int, ...], list[int], list[int], int
     graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-
-
-def _geomean(values) -> float:
-    return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
 def layer_methods(model: torch.nn.Module, example: torch.Tensor, rank, batches=(1, 64), threads: int = 1,
@@ -100,21 +95,18 @@ def layer_methods(model: torch.nn.Module, example: torch.Tensor, rank, batches=(
                     onnx.save(conv_chain_onnx(chain, in_shape), files[m])
             result = bench(list(files.values()), list(files), batches=tuple(batches), rounds=rounds, round_s=round_s,
                            threads=threads)
-            speedup = {}
-            for m in files:
-                if m == "conv":
-                    continue
-                speedup[m] = {}
-                for b in batches:
-                    rows = {t.name: t for t in result.timings if t.batch == b}
-                    speedup[m][b] = statistics.median(c / x for c, x in zip(rows["conv"].blocks_s, rows[m].blocks_s))
-            best = max(speedup, key=lambda m: _geomean(speedup[m].values()), default=None)
-            pays = best is not None and _geomean(speedup[best].values()) >= KEEP_MARGIN and \
-                min(speedup[best].values()) >= NOT_SLOWER
+            speedup = {m: {} for m in files if m != "conv"}
+            for b in batches:
+                rows = {t.name: t for t in result.timings if t.batch == b}
+                for m in speedup:
+                    speedup[m][b] = block_ratio(rows["conv"], rows[m])
+            best = max(speedup, key=lambda m: geomean(speedup[m].values()), default=None)
+            # the rule compress keeps a step by, with the conv as the current file
+            pays = best is not None and Latency({}, {}, speedup[best]).faster()[0]
             timings.append(LayerTiming(name, shape, speedup, best if pays else None))
             if pays:
                 chosen[name] = best
             if log:
-                shown = ", ".join(f"{m} {_geomean(s.values()):.2f}x" for m, s in speedup.items())
+                shown = ", ".join(f"{m} {geomean(s.values()):.2f}x" for m, s in speedup.items())
                 log(f"lowrank: {name} {'x'.join(map(str, shape))}: {shown} -> {best if pays else 'kept'}")
     return chosen, timings

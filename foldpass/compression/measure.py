@@ -24,6 +24,16 @@ NOT_SLOWER = 1.0
 SLOWER_LIMIT = 0.97  # the exact step (lossless) is kept unless some batch is slower than this
 
 
+def geomean(values) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
+def block_ratio(reference, timed) -> float:
+    """The median over interleaved blocks of reference's time / timed's (foldpass.bench Timings of one
+    run and batch): block neighbours share the machine's state, so their ratio is the steadiest."""
+    return statistics.median(a / b for a, b in zip(reference.blocks_s, timed.blocks_s))
+
+
 @dataclass
 class Latency:
     ms: dict[int, float]  # per image, median over rounds, per batch
@@ -37,7 +47,7 @@ class Latency:
 
     def faster(self) -> tuple[bool, str]:
         """Kept only where it pays: faster than the current file beyond the noise, at no batch slower."""
-        mean = math.exp(statistics.fmean(math.log(v) for v in self.vs_current.values()))
+        mean = geomean(self.vs_current.values())
         shown = self.shown
         if mean < KEEP_MARGIN:
             return False, f"not faster than the current file ({shown})"
@@ -83,7 +93,7 @@ def latency(original: str, current: str, candidate: str, batches, threads: int =
         cand, cur = rows["candidate"], rows["current"]
         out.ms[batch] = cand.median_us / 1000
         out.vs_original[batch] = cand.speedup
-        out.vs_current[batch] = statistics.median(a / b for a, b in zip(cur.blocks_s, cand.blocks_s))
+        out.vs_current[batch] = block_ratio(cur, cand)
     return out
 
 

@@ -21,6 +21,7 @@ A step that does not apply raises Decline with the reason, which the table shows
 
 from __future__ import annotations
 
+import collections
 import copy
 import operator
 import os
@@ -305,7 +306,7 @@ def lowrank(job: Job, state: State, rank="auto") -> State:
     result = decompose(model, job.example[:1], methods, rank)
     if not result.layers:
         raise Decline(f"no conv is worth factorizing at rank {rank} (each one's reason: foldpass decompose)", final=False)
-    counts = {m: list(methods.values()).count(m) for m in dict.fromkeys(methods.values())}
+    counts = collections.Counter(methods.values())
     job.log(f"lowrank at rank {rank}: {', '.join(f'{n} {m}' for m, n in counts.items())} of the convs")
     gm = result.module
     recalibrate_batchnorm(gm, job.splits.train)
