@@ -52,18 +52,6 @@ class ShapeInfo:
         return self.shapes[0]
 
 
-class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule):
-        super().__init__(gm)
-        self.seen: dict[fx.Node, torch.Tensor] = {}
-
-    def run_node(self, n: fx.Node):
-        out = super().run_node(n)
-        if isinstance(out, torch.Tensor):
-            self.seen[n] = (tuple(out.shape), out.dtype)
-        return out
-
-
 def batches_of(gm: fx.GraphModule) -> tuple[int, ...]:
     static = BatchPlan.of(gm).size
     return (static,) if static else DYNAMIC_BATCHES
@@ -75,23 +63,67 @@ def sample_inputs(gm: fx.GraphModule, batch: int, seed: int = 0) -> tuple[torch.
     )
 
 
-def _run_fake(gm: fx.GraphModule, batch: int) -> dict:
+@dataclass
+class _Run:
+    """One fake run at one batch size: its mode (and the mode's op cache), every node's value and key."""
+
+    mode: object
+    env: dict
+    keys: dict
+
+
+def _meta(v) -> object:
+    """What a fake value's users see: shape, dtype and strides (nested for tuple outputs)."""
+    if isinstance(v, torch.Tensor):
+        return tuple(v.shape), v.dtype, v.stride()
+    if isinstance(v, (tuple, list)):
+        return tuple(_meta(x) for x in v)
+    return v if isinstance(v, (int, float, bool, str, type(None))) else type(v)
+
+
+def _run_fake(gm: fx.GraphModule, batch: int, previous: _Run | None = None) -> _Run:
+    """gm on fake tensors at `batch`. Given the previous run of this graph, a node is run again only
+    where its op or arguments changed or a value it reads came out different: a pass that replaced
+    one region costs the nodes it touched, not the whole graph."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    rec = _Recorder(gm)
-    with FakeTensorMode(allow_non_fake_inputs=True) as mode, torch.no_grad():
-        rec.run(*(mode.from_tensor(x) for x in sample_inputs(gm, batch)))
-    return rec.seen
+    from .graph import node_key
+
+    mode = previous.mode if previous is not None else FakeTensorMode(allow_non_fake_inputs=True)
+    interpreter = fx.Interpreter(gm, garbage_collect_values=False)
+    env, keys, changed = {}, {}, set()
+    interpreter.env = env
+    with mode, torch.no_grad():
+        interpreter.args_iter = iter([mode.from_tensor(x) for x in sample_inputs(gm, batch)])
+        for n in gm.graph.nodes:
+            keys[n] = key = node_key(n)
+            old = previous.env.get(n, _MISSING) if previous is not None else _MISSING
+            if old is not _MISSING and n.op not in ("placeholder", "get_attr") and previous.keys[n] == key \
+                    and not any(a in changed for a in n.all_input_nodes):
+                env[n] = old
+                continue
+            env[n] = interpreter.run_node(n)
+            if old is _MISSING or _meta(old) != _meta(env[n]):
+                changed.add(n)
+    return _Run(mode, env, keys)
+
+
+_MISSING = object()
+
+
+def _seen(env: dict) -> dict:
+    return {n: (tuple(v.shape), v.dtype) for n, v in env.items() if isinstance(v, torch.Tensor)}
 
 
 def _run_real(gm: fx.GraphModule, batch: int) -> dict:
-    rec = _Recorder(gm)
+    interpreter = fx.Interpreter(gm, garbage_collect_values=False)
     with torch.no_grad():
-        rec.run(*sample_inputs(gm, batch))
-    return rec.seen
+        interpreter.run(*sample_inputs(gm, batch))
+    return _seen(interpreter.env)
 
 
-# gm -> (its fingerprint, its shapes): an analysis cached until the graph changes
+# gm -> (its fingerprint, its shapes, its fake runs): an analysis cached until the graph changes,
+# the runs kept to compute it again only where the graph changed
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -113,24 +145,25 @@ def fingerprint(gm: fx.GraphModule) -> list:
 def infer_shapes(gm: fx.GraphModule) -> dict[fx.Node, ShapeInfo]:
     """Runs gm at each batch size of `batches_of(gm)` and records every tensor value's shape.
     The result is cached per graph and computed again only once the graph has changed (a pass
-    that rewrote it), so the passes of a round that change nothing share one run."""
+    that rewrote it), and then only for the nodes the change reached (`_run_fake`)."""
     key = fingerprint(gm)
     cached = _CACHE.get(gm)
     if cached is not None and cached[0] == key:
         return dict(cached[1])
-    shapes = _infer(gm)
-    _CACHE[gm] = (key, shapes)
+    shapes, runs = _infer(gm, cached[2] if cached is not None else None)
+    _CACHE[gm] = (key, shapes, runs)
     return dict(shapes)
 
 
-def _infer(gm: fx.GraphModule) -> dict[fx.Node, ShapeInfo]:
+def _infer(gm: fx.GraphModule, previous: dict | None) -> tuple[dict[fx.Node, ShapeInfo], dict | None]:
     batches = batches_of(gm)
     try:
-        runs = [_run_fake(gm, b) for b in batches]
+        runs = {b: _run_fake(gm, b, (previous or {}).get(b)) for b in batches}
+        seen = [_seen(runs[b].env) for b in batches]
     except Exception:  # noqa: BLE001 - an op that needs real values
-        runs = [_run_real(gm, b) for b in batches]
+        runs, seen = None, [_run_real(gm, b) for b in batches]
     return {
-        node: ShapeInfo(tuple(run[node][0] for run in runs), batches, shape_dtype[1])
-        for node, shape_dtype in runs[0].items()
-        if all(node in run for run in runs)
-    }
+        node: ShapeInfo(tuple(run[node][0] for run in seen), batches, shape_dtype[1])
+        for node, shape_dtype in seen[0].items()
+        if all(node in run for run in seen)
+    }, runs

@@ -191,3 +191,34 @@ def test_a_regions_signature_sees_a_weight_changed_in_place_or_replaced():
     owner, _, name = next(n for n in gm.graph.nodes if n.op == "get_attr").target.rpartition(".")
     setattr(gm.get_submodule(owner), name, nn.Parameter(torch.randn_like(getattr(gm.get_submodule(owner), name))))
     assert module.signature(region, shapes) != changed
+
+
+class _TwoInputs(nn.Module):
+    """BN(conv(BN(conv(relu(x))))) + conv(x): one region reading x and relu(x)."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.branch = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.Conv2d(c, c, 1),
+                                    nn.BatchNorm2d(c))
+        self.shortcut = nn.Sequential(nn.BatchNorm2d(c), nn.Conv2d(c, c, 1))
+
+    def forward(self, x):
+        return self.branch(torch.relu(x)) + self.shortcut(x)
+
+
+@pytest.mark.parametrize("model", [_DenseBlock(), _TwoInputs()], ids=["dense", "two inputs"])
+def test_single_input_parts_found_by_dominators_are_those_of_every_cut(model, monkeypatch):
+    """sub_regions tries as cuts only the values that dominate the sink; trying every cut (each
+    value's 24 nearest ancestors, as it did before) finds the very same parts, in the same order."""
+    from foldpass.passes import linear_regions
+
+    gm = trace(randomize_batchnorm(model).eval(), (torch.randn(2, 64 if isinstance(model, _DenseBlock) else 4, 8, 8),))
+    ctx = PassContext()
+    shapes, const = ctx.shapes(gm), ctx.constants(gm)
+    regions = [r for r in ctx.regions(gm) if len(r.inputs) > 1 or r.shared]  # those that do not fold whole
+    fast = [linear_regions.sub_regions(gm, r, shapes, const=const) for r in regions]
+    monkeypatch.setattr(linear_regions, "_dominators", lambda nodes, *a: dict.fromkeys(nodes))  # every cut
+    slow = [linear_regions.sub_regions(gm, r, shapes, const=const) for r in regions]
+    assert [[(p.output, p.nodes, p.inputs) for p in parts] for parts in fast] == \
+        [[(p.output, p.nodes, p.inputs) for p in parts] for parts in slow]
+    assert sum(map(len, fast)) >= 3

@@ -75,7 +75,7 @@ def test_shapes_are_an_analysis_cached_until_the_graph_changes(monkeypatch):
     gm = trace(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)).eval(), (torch.randn(2, 1, 12, 12),))
     runs = []
     real = shapes_module._infer
-    monkeypatch.setattr(shapes_module, "_infer", lambda g: runs.append(g) or real(g))
+    monkeypatch.setattr(shapes_module, "_infer", lambda g, previous: runs.append(g) or real(g, previous))
     shapes_module._CACHE.pop(gm, None)  # tracing already asked for the shapes
     first = shapes_module.infer_shapes(gm)
     first.clear()  # a caller's copy: clearing it leaves the cache whole
@@ -92,6 +92,25 @@ def test_shapes_are_an_analysis_cached_until_the_graph_changes(monkeypatch):
         owner, _, name = arg.target.rpartition(".")
         setattr(gm.get_submodule(owner), name, nn.Parameter(torch.randn(shape)))
     assert shapes_module.infer_shapes(gm)[out].sample_shape == (3, 8, 8) and len(runs) == 3
+
+
+def test_shapes_after_a_rewrite_run_only_the_nodes_it_reached_and_equal_a_fresh_run(monkeypatch):
+    from foldpass import shapes as shapes_module
+
+    gm = trace(models.CNN3(width=4, t=0.0).eval(), (torch.randn(2, 1, 28, 28),))
+    shapes_module.infer_shapes(gm)
+    ran = []
+    real = torch.fx.Interpreter.run_node
+    monkeypatch.setattr(torch.fx.Interpreter, "run_node", lambda self, n: ran.append(n) or real(self, n))
+    relu = next(n for n in gm.graph.nodes if n.target == torch.ops.aten.relu.default)
+    with gm.graph.inserting_after(relu):  # relu(x) -> clone(relu(x)): one new node, its users re-read it
+        clone = gm.graph.call_function(torch.ops.aten.clone.default, (relu,))
+    relu.replace_all_uses_with(clone, delete_user_cb=lambda u: u is not clone)
+    gm.recompile()
+    again = shapes_module.infer_shapes(gm)
+    computed = {n for n in ran if n.op == "call_function"}
+    assert computed == {clone, *clone.users}  # at both batch sizes; nothing before it, nothing after its readers
+    assert again == shapes_module._infer(gm, None)[0]  # the same as running the whole graph afresh
 
 
 def test_an_analysis_is_computed_once_until_the_graph_changes():

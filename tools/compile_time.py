@@ -14,6 +14,8 @@ foldpass total at most 3 x the export total.
     python tools/compile_time.py --only tv:densenet201 --only swin_b --redo tv:densenet201
     python tools/compile_time.py --profile tv:maxvit_t  # cProfile of foldpass on one model (top 25, cumulative)
     python tools/compile_time.py --docs-only            # redraw docs/compile_time.md
+    PYTHONPATH=../old-checkout python tools/compile_time.py --baseline --only tv:maxvit_t
+                                                        # an older foldpass on this machine: the "before" table
 
 Resumable: a finished model is kept in .cache/results/compile_time.json; docs/compile_time.json and
 docs/compile_time.md are written when the run ends.
@@ -58,15 +60,19 @@ def foldpass_run(pt2: str, out: str) -> tuple[dict, object]:
 
 def measure(name: str) -> dict:
     """One model, in this process."""
+    import subprocess
+
     import onnx
     import torch
 
+    import foldpass
     from foldpass.quiet import quiet
 
     torch.set_num_threads(1)
     model = build(name)
     x = torch.randn(1, 3, 224, 224)
-    entry: dict = {}
+    entry: dict = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                            cwd=os.path.dirname(foldpass.__file__)).stdout.strip()}
     with tempfile.TemporaryDirectory() as tmp:
         pt2, direct, out = (os.path.join(tmp, f) for f in ("m.pt2", "direct.onnx", "foldpass.onnx"))
         with quiet():
@@ -90,8 +96,6 @@ def measure(name: str) -> dict:
             entry["onnxsim_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         entry["direct_ops"] = len(onnx.load(direct, load_external_data=False).graph.node)
         del model
-        import foldpass
-
         try:
             entry["foldpass"], _ = foldpass_run(pt2, out)
             entry["status"] = "verified"
@@ -188,12 +192,37 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | {f['seconds']:.1f} s | {r['export_seconds']:.1f} s | {sim} | "
                          + " | ".join(cells) + f" | {slow[0]} {slow[1]:.1f} s | {r['direct_ops']} / "
                          f"{r.get('onnxsim_ops', '-')} / {f['ops']} | {'yes' if meets(r) else '**no**'} |")
+    lines += _before_after(results)
     failed = {k: v for k, v in results["models"].items() if v.get("status") != "verified"}
     if failed:
         lines += ["", "Not measured: " + "; ".join(f"{k} ({v.get('status')}: {v.get('error', '')})"
                                                  for k, v in failed.items())]
     lines += ["", NOTES.strip()]
     return "\n".join(lines) + "\n"
+
+
+def _before_after(results: dict) -> list[str]:
+    """The models measured with an older foldpass too (--baseline), on this machine: where the time went before and after."""
+    pairs = {k: (b, results["models"][k]) for k, b in results.get("before", {}).items()
+             if b.get("status") == "verified" and results["models"].get(k, {}).get("status") == "verified"}
+    if not pairs:
+        return []
+
+    def cells(r: dict) -> str:
+        f = r["foldpass"]
+        slow = max(f["passes"].items(), key=lambda kv: kv[1]) if f["passes"] else ("-", 0.0)
+        return (f"{f['seconds']:.1f} s | {f['phases'].get('trace', 0):.1f} | {f['phases'].get('passes', 0):.1f} | "
+                f"{slow[0]} {slow[1]:.1f} s")
+
+    lines = ["", "### Before and after, on this machine", "",
+             "The same models with the foldpass of the commit named (`--baseline`), one after the other on this machine, "
+             "idle. Phases in seconds.", "",
+             "| model | before | trace | passes | slowest pass | after | trace | passes | slowest pass | after / before |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---|---:|"]
+    for name, (b, a) in sorted(pairs.items(), key=lambda kv: -kv[1][0]["foldpass"]["seconds"]):
+        lines.append(f"| {name} | {b.get('commit', '?')}: {cells(b)} | {a.get('commit', '?')}: {cells(a)} | "
+                     f"{a['foldpass']['seconds'] / b['foldpass']['seconds']:.2f} |")
+    return lines
 
 
 def environment() -> dict:
@@ -217,6 +246,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per model")
     parser.add_argument("--docs-only", action="store_true")
     parser.add_argument("--profile", help="print cProfile's top functions for one model and stop")
+    parser.add_argument("--baseline", action="store_true",
+                        help="store as the 'before' of each model (run an older foldpass through PYTHONPATH)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -230,14 +261,16 @@ def main() -> None:
     if not args.docs_only:
         names = [n for n in chosen(args.set, args.only) if args.only or not too_large(n)]
         redo = set(names) if "all" in args.redo else set(args.redo)
+        table = results.setdefault("before", {}) if args.baseline else results["models"]
         for name in names:
-            if name in results["models"] and name not in redo:
+            if name in table and name not in redo:
                 continue
             print(f"{name} ...", flush=True)
-            results["models"][name] = run_measurement([sys.executable, __file__, "--one", name], args.timeout)
-            results["meta"] = environment()
+            table[name] = run_measurement([sys.executable, __file__, "--one", name], args.timeout)
+            if not args.baseline:
+                results["meta"] = environment()
             store.save(results)
-            r = results["models"][name]
+            r = table[name]
             print(f"  {r.get('status')}: foldpass {r.get('foldpass', {}).get('seconds', 0):.1f} s, "
                   f"export {r.get('export_seconds', 0):.1f} s {r.get('error', '')}", flush=True)
         store.publish(results)

@@ -179,11 +179,14 @@ def sub_regions(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, ShapeI
     members = set(region.nodes)
     order = {n: i for i, n in enumerate(region.nodes)}
     found: dict[frozenset, Region] = {frozenset(region.nodes): region}  # the whole is not a part
+    dom = _dominators(region.nodes, members, const)
     for sink in region.nodes:
         if sink.target in _TUPLE_OUT:
             continue
         full = ancestors(sink, within=members.__contains__)
         cuts = sorted((n for n in full if n is not sink), key=order.get, reverse=True)[:max_cuts]
+        # a cut that some path from an input to the sink avoids leaves two inputs (that one and the cut)
+        cuts = [c for c in cuts if dom[sink] is None or c in dom[sink] or c in const]
         for cut in [None, *cuts]:
             cone = full if cut is None else ancestors(sink, within=lambda a, c=cut: a in members and a is not c)
             inputs = {a for n in cone for a in n.all_input_nodes if a not in cone and a not in const}
@@ -200,6 +203,21 @@ def sub_regions(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, ShapeI
                 found[frozenset(cone)] = sub
     parts = [r for r in found.values() if r is not region]
     return sorted(parts, key=lambda r: (-len(r.compute_nodes), order[r.output]))
+
+
+def _dominators(nodes: list[fx.Node], members: set[fx.Node], const: set[fx.Node]) -> dict[fx.Node, set | None]:
+    """Per value of a region (in graph order), the values every path to it from the region's inputs
+    passes through, itself included: dom(n) = {n} | intersection of dom(a) over the values a it reads
+    (an input's is itself; constants impose nothing). None: no input reaches it (every value qualifies)."""
+    dom: dict[fx.Node, set | None] = {}
+    for n in nodes:
+        reach = None
+        for a in n.all_input_nodes:
+            d = None if a in const else dom[a] if a in members else {a}
+            if d is not None:
+                reach = set(d) if reach is None else reach & d
+        dom[n] = None if reach is None else reach | {n}
+    return dom
 
 
 def _region_bytes(gm: fx.GraphModule, region: Region, shapes: dict[fx.Node, ShapeInfo]) -> int:

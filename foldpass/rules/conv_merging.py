@@ -12,7 +12,8 @@ Structural re-parameterization (RepVGG, MobileOne, Diverse Branch Block), found 
 
 The geometry (window, stride, padding of the merged conv) is composed op by op by `GEOMETRY`
 below. The kernel and bias are then read off the region itself in float64: the bias is f(0)
-(it must be the same at every position), the kernel the Jacobian of one interior output position,
+(it must be the same at every position), the kernel composed from its ops (kernel_composition.py) or,
+where an op has no rule there, the Jacobian of one interior output position,
 on a small probe input. Groups are whatever block-diagonal structure that kernel has
 (a depthwise region stays depthwise).
 
@@ -198,12 +199,21 @@ def merged_conv(sub: fx.GraphModule, window: Window, in_shape, out_shape) -> Mer
     if not torch.allclose(full_bias, bias[:, None, None].expand_as(full_bias), rtol=1e-12,
                           atol=1e-12 * (bias.abs().max().item() + 1)):
         return "its bias varies with the position (zero padding after a bias or a BN)"
-    jac = torch.func.jacrev(at)(zero)[:, 0]  # [C_out, C_in, probe_h, probe_w]
-    r0, c0 = start[0] * s[0] - p[0], start[1] * s[1] - p[1]
-    kernel = jac[:, :, r0:r0 + k[0], c0:c0 + k[1]]
-    groups = _groups(kernel)
-    weight = torch.cat([kernel[g * (c_out // groups):(g + 1) * (c_out // groups), g * (c_in // groups):(g + 1) * (c_in // groups)]
-                        for g in range(groups)])
+    from .kernel_composition import compose
+
+    composed = compose(sub, window, in_shape)
+    if composed is not None and composed[1]:  # each channel with itself only: depthwise
+        groups, weight = c_out, composed[0]
+    else:
+        if composed is not None:
+            kernel = composed[0]
+        else:  # an op without a composition rule: the Jacobian of one output position
+            jac = torch.func.jacrev(at)(zero)[:, 0]  # [C_out, C_in, probe_h, probe_w]
+            r0, c0 = start[0] * s[0] - p[0], start[1] * s[1] - p[1]
+            kernel = jac[:, :, r0:r0 + k[0], c0:c0 + k[1]]
+        groups = _groups(kernel)
+        weight = torch.cat([kernel[g * (c_out // groups):(g + 1) * (c_out // groups),
+                                   g * (c_in // groups):(g + 1) * (c_in // groups)] for g in range(groups)])
     conv = MergedConv(weight, bias, window, groups)
     x = torch.randn(2, *in_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
