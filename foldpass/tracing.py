@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import warnings
 import weakref
+from typing import Callable
 
 import torch
 import torch.fx as fx
@@ -42,11 +43,13 @@ def trace(model: torch.nn.Module | ExportedProgram, inputs: tuple[torch.Tensor, 
         ep, static = model, _has_static_batch(model)
     else:
         ep, static, _ = _export(model, inputs, dynamic=batch != "static")
-    gm = _normalize(ep, inputs, static)
+    restore = static and batch != "static" and isinstance(model, ExportedProgram)
+    # a program to restore is exported again: its decompositions run once, on the dynamic one
+    gm = _normalize(ep, inputs, static, decompose=not restore)
     if not static:
         _PROGRAMS[gm] = ep
-    if static and batch != "static" and isinstance(model, ExportedProgram):
-        gm = restore_dynamic_batch(gm, inputs)
+    if restore:
+        gm = restore_dynamic_batch(gm, inputs, static_graph=lambda: _normalize(ep, inputs, static))
     if batch == "dynamic" and BatchPlan.of(gm).size:
         raise InputError(f"the batch cannot be dynamic: {BatchPlan.of(gm).note}")
     return gm
@@ -62,11 +65,13 @@ def program_of(gm: fx.GraphModule) -> ExportedProgram | None:
     return _PROGRAMS.get(gm)
 
 
-def _normalize(ep: ExportedProgram, inputs: tuple[torch.Tensor, ...], static: bool) -> fx.GraphModule:
+def _normalize(ep: ExportedProgram, inputs: tuple[torch.Tensor, ...], static: bool,
+               decompose: bool = True) -> fx.GraphModule:
     """run_decompositions -> .module() -> guards stripped, batch views canonicalized."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ep = ep.run_decompositions(_decompositions())
+        if decompose:
+            ep = ep.run_decompositions(_decompositions())
         gm = ep.module()
     gm = fx.GraphModule(gm, gm.graph)  # a plain GraphModule: ep.module()'s own class refuses .eval() / .train()
     gm.meta[INPUTS_KEY] = tuple(inputs)
@@ -198,22 +203,26 @@ def canonicalize_batch_views(gm: fx.GraphModule) -> bool:
     return changed
 
 
-def restore_dynamic_batch(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> fx.GraphModule:
+def restore_dynamic_batch(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...],
+                          static_graph: Callable[[], fx.GraphModule] | None = None) -> fx.GraphModule:
     """A program exported at a fixed batch (torch.export without dynamic_shapes specializes it) is
     traced again with a dynamic batch, then checked: at batch 1 it must equal the program, and at
     batch 3 each sample must equal that sample run alone. Where either fails, or torch.export cannot
-    make the batch dynamic, the static graph is kept and its BatchPlan says why, naming the node.
+    make the batch dynamic, the static graph is kept (gm, or static_graph() where gm is not yet
+    decomposed) and its BatchPlan says why, naming the node.
     """
+    def kept(why: str) -> fx.GraphModule:
+        static = static_graph() if static_graph is not None else gm
+        static.meta[BATCH_KEY] = BatchPlan.fixed(inputs[0].shape[0], why)
+        return static
+
     ep, static, why = _export(gm, inputs)
     if static:
-        why = why or "torch.export kept it fixed"
-        gm.meta[BATCH_KEY] = BatchPlan.fixed(inputs[0].shape[0], f"the batch cannot be made dynamic ({why})")
-        return gm
+        return kept(f"the batch cannot be made dynamic ({why or 'torch.export kept it fixed'})")
     new = _normalize(ep, inputs, static=False)
     mixing = _batch_mixing_node(gm, new, inputs)
     if mixing:
-        gm.meta[BATCH_KEY] = BatchPlan.fixed(inputs[0].shape[0], mixing)
-        return gm
+        return kept(mixing)
     new.meta[BATCH_KEY] = BatchPlan(None, True, f"dynamic (restored: the program was exported at batch "
                                                 f"{inputs[0].shape[0]}; checked sample by sample at batch 3)")
     return new

@@ -63,6 +63,25 @@ def test_a_graph_that_mixes_the_batch_stays_static_and_says_where(tmp_path, caps
     assert "cannot be dynamic" in capsys.readouterr().err and not (tmp_path / "d.onnx").exists()
 
 
+@pytest.mark.parametrize("model, restored", [(lambda: linear_resnet34(width=2), True), (MixesTheBatch, False)],
+                         ids=["restored", "kept static"])
+def test_a_program_to_restore_is_decomposed_once(monkeypatch, model, restored):
+    """The static program is exported again with a dynamic batch; only that one is decomposed (the
+    static graph too only where it is kept), and what comes out is decomposed either way."""
+    from foldpass.graph import BatchPlan
+    from foldpass.tracing import trace
+
+    program = torch.export.export(model().eval(), (torch.randn(1, 1, 28, 28),))
+    calls = []
+    real = torch.export.ExportedProgram.run_decompositions
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    gm = trace(program, (torch.randn(1, 1, 28, 28),))
+    assert len(calls) == 1 + (not restored) and (BatchPlan.of(gm).size is None) == restored
+    assert not any(n.target in (torch.ops.aten.conv2d.default, torch.ops.aten.batch_norm.default)
+                   for n in gm.graph.nodes)  # decomposed: the ATen core ops the passes read
+
+
 def test_static_batch_and_a_fixed_batch_on_request(tmp_path):
     src = tmp_path / "m.pt2"
     exported_the_usual_way(randomize_batchnorm(models.CNN3(width=4, t=0.0)), src)  # the batch, not the folds
