@@ -181,6 +181,12 @@ def test_compile_time_page_gives_each_model_its_verdict_and_the_totals():
            "100 / 90 / 80 | **no** |" in page
     assert page.index("| slow |") < page.index("| big export |") < page.index("| fast |")  # slowest first
     assert "broken (crashed: boom)" in page
+    assert "Before and after" not in page
+    results["before"] = {"slow": row(120.0, 20.0) | {"commit": "old"}, "fast": row(31.0, 10.0)}
+    results["models"]["slow"]["commit"] = "new"
+    page = compile_time.markdown(results)  # "fast" ran the same code twice (no commit to tell): no before
+    assert "| slow | old: 120.0 s | 2.0 | 102.0 | affine_folding 20.0 s | new: 90.0 s | 2.0 | 72.0 | " \
+           "affine_folding 20.0 s | 0.75 |" in page and "| fast | " not in page.split("Before and after")[1]
 
 
 def test_zoo_page_holds_foldpass_to_the_torchscript_exporters_file_and_lists_the_op_pairs(tmp_path):

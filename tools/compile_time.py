@@ -14,7 +14,7 @@ foldpass total at most 3 x the export total.
     python tools/compile_time.py --only tv:densenet201 --only swin_b --redo tv:densenet201
     python tools/compile_time.py --profile tv:maxvit_t  # cProfile of foldpass on one model (top 25, cumulative)
     python tools/compile_time.py --docs-only            # redraw docs/compile_time.md
-    PYTHONPATH=../old-checkout python tools/compile_time.py --baseline --only tv:maxvit_t
+    python tools/compile_time.py --baseline ../old-checkout --only tv:maxvit_t
                                                         # an older foldpass on this machine: the "before" table
 
 Resumable: a finished model is kept in .cache/results/compile_time.json; docs/compile_time.json and
@@ -139,17 +139,38 @@ shapes were inferred again on every sweep; and every forward-mode Jacobian raise
 takes no chunk size) and fell back to reverse mode. densenet201 took 588 s, densenet161 555 s, swin_s
 294 s, maxvit_t 269 s.
 
-Now a region's verdict is kept for the run (the pass context's store), shapes, constants and the linear
-regions are analyses computed once per graph, a merged conv is rejected by its cost bound before any
-Jacobian, and the direct-export comparison runs on the second core, translating the program the trace
-already made (peer.py; its column is what the user still waits for it). What is left is mostly
-torch's: the trace (torch.export plus run_decompositions, about half an export), foldpass's own export
-of the optimized graph (about one export), and the comparison's export where it cannot be hidden
-(swin_s: its 43 s export outlasts everything it runs beside). The passes are the largest phase on
-maxvit_t (affine folding 21 s), efficientvim_m1 and iformer_t (affine folding 8 and 6 s); on the
-DenseNets affine folding takes 9 to 10 s beside a trace and an export of 12 to 17 s each. "other" is
-the before/after op statistics, the PyTorch-side error check, and writing and re-reading the file
-(large on vit_b_16 and resnext101, 330 MB of weights).
+Then a region's verdict was kept for the run (the pass context's store), shapes, constants and the
+linear regions became analyses computed once per graph, a merged conv was rejected by its cost bound
+before any Jacobian, and the direct-export comparison moved to the second core, translating the program
+the trace already made (peer.py; its column is what the user still waits for it).
+
+Since a88d0e5 (the "before" table), four more, each checked to change nothing but the time:
+- **Cuts by dominators.** A region that cannot fold whole offers its single-input parts
+  (linear_regions.sub_regions): for each value, the cone cut at one of its 24 nearest ancestors. Every
+  cut was tried and its cone walked (maxvit_t: 233 regions, 345,000 walks, most of its affine
+  folding). Only a value that every path from the region's inputs to the sink passes through (a
+  dominator) leaves one input, so only those are tried now: the same parts in the same order (a test
+  compares with every cut); on maxvit_t 34.8 s -> 5.2 s of it.
+- **Shapes where the graph changed.** After a rewrite the whole graph ran again on fake tensors at two
+  batch sizes; now only the nodes the rewrite reached run (their arguments changed, or a value they
+  read came out with another shape or stride), in the fake mode of the last run with its op cache:
+  the same shapes as a fresh run (tested); the runs after the first take 0.1 to 0.9 s on maxvit_t.
+- **Kernels composed, not differentiated.** A conv-shaped region's kernel was the Jacobian of one
+  output position: C_out backward passes of the whole region (DenseNet-201's last transition,
+  1792 -> 896 channels: 9 s). It is now composed from its ops' kernels (rules/kernel_composition.py:
+  conv, depthwise conv, avg-pool, BN, per-channel scales, padding, sums of branches), the Jacobian
+  only where an op has no rule: the same kernels on the 663 regions of densenet201, repvgg_a0,
+  mobileone_s0, efficientnet_b0, fastvit_t8, repghostnet_050, maxvit_t and efficientvit_m0 (one
+  process computing both: 88 s of merged convs by Jacobian, 14 s composed, the check on the real
+  shape included in both).
+- **One decomposition per program.** A .pt2 exported at a fixed batch was decomposed as it was, then
+  exported again with a dynamic batch and decomposed again; now only the second is decomposed.
+
+What is left is mostly torch's: the trace (torch.export's run_decompositions, about half an export),
+foldpass's own export of the optimized graph (about one export), and the comparison's export where it
+cannot be hidden (swin_s: its export outlasts everything it runs beside). "other" is the before/after
+op statistics, the PyTorch-side error check, and writing and re-reading the file (large on vit_b_16 and
+resnext101, 330 MB of weights).
 """
 
 
@@ -192,7 +213,7 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | {f['seconds']:.1f} s | {r['export_seconds']:.1f} s | {sim} | "
                          + " | ".join(cells) + f" | {slow[0]} {slow[1]:.1f} s | {r['direct_ops']} / "
                          f"{r.get('onnxsim_ops', '-')} / {f['ops']} | {'yes' if meets(r) else '**no**'} |")
-    lines += _before_after(results)
+    lines += _before_after(results) + _again(results)
     failed = {k: v for k, v in results["models"].items() if v.get("status") != "verified"}
     if failed:
         lines += ["", "Not measured: " + "; ".join(f"{k} ({v.get('status')}: {v.get('error', '')})"
@@ -204,7 +225,8 @@ def markdown(results: dict) -> str:
 def _before_after(results: dict) -> list[str]:
     """The models measured with an older foldpass too (--baseline), on this machine: where the time went before and after."""
     pairs = {k: (b, results["models"][k]) for k, b in results.get("before", {}).items()
-             if b.get("status") == "verified" and results["models"].get(k, {}).get("status") == "verified"}
+             if b.get("status") == "verified" and results["models"].get(k, {}).get("status") == "verified"
+             and b.get("commit") != results["models"][k].get("commit")}  # the same code twice is no before
     if not pairs:
         return []
 
@@ -223,6 +245,25 @@ def _before_after(results: dict) -> list[str]:
         lines.append(f"| {name} | {b.get('commit', '?')}: {cells(b)} | {a.get('commit', '?')}: {cells(a)} | "
                      f"{a['foldpass']['seconds'] / b['foldpass']['seconds']:.2f} |")
     return lines
+
+
+def _again(results: dict) -> list[str]:
+    """The noise: models measured twice with the same commit (an earlier run kept under "again")."""
+    pairs = [(k, a["foldpass"], results["models"][k]["foldpass"]) for k, a in results.get("again", {}).items()
+             if a.get("status") == "verified" and results["models"].get(k, {}).get("commit") == a.get("commit")]
+    if not pairs:
+        return []
+
+    def spread(key) -> list[float]:
+        return [abs(key(b) - key(a)) / min(key(a), key(b)) for _, a, b in pairs]
+
+    total, passes = spread(lambda f: f["seconds"]), spread(lambda f: f["phases"]["passes"])
+    worst = max(range(len(pairs)), key=total.__getitem__)
+    name, a, b = pairs[worst]
+    return ["", f"Run to run, on this machine: {len(pairs)} models measured twice with the same commit differ by "
+                f"{min(total):.0%} to {max(total):.0%} in their total ({name}: {a['seconds']:.1f} s and "
+                f"{b['seconds']:.1f} s) and by {min(passes):.0%} to {max(passes):.0%} in their passes: a before / after "
+                "ratio inside that is noise."]
 
 
 def environment() -> dict:
@@ -246,11 +287,14 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per model")
     parser.add_argument("--docs-only", action="store_true")
     parser.add_argument("--profile", help="print cProfile's top functions for one model and stop")
-    parser.add_argument("--baseline", action="store_true",
-                        help="store as the 'before' of each model (run an older foldpass through PYTHONPATH)")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="measure the foldpass of another checkout (an older commit) as each model's 'before'")
+    parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
+        if args.root:  # the checkout whose foldpass is measured (zoo.py put this one's first)
+            sys.path.insert(0, os.path.abspath(args.root))
         print(json.dumps(measure(args.one)))
         return
     if args.profile:
@@ -266,7 +310,8 @@ def main() -> None:
             if name in table and name not in redo:
                 continue
             print(f"{name} ...", flush=True)
-            table[name] = run_measurement([sys.executable, __file__, "--one", name], args.timeout)
+            root = ["--root", args.baseline] if args.baseline else []
+            table[name] = run_measurement([sys.executable, __file__, "--one", name, *root], args.timeout)
             if not args.baseline:
                 results["meta"] = environment()
             store.save(results)
