@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
 import torch
 
 import foldpass
@@ -13,6 +14,13 @@ import models
 from foldpass import peer
 from foldpass.export import direct_export_ops
 from models import randomize_batchnorm
+
+
+@pytest.fixture(autouse=True)
+def private_tempdir(tmp_path_factory, monkeypatch):
+    """Each test's peer folders in a temp dir of its own: under pytest -n 2 the other worker's
+    peers come and go in the shared one, and a check for leftovers would count theirs."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tmp")))
 
 
 def _result():
