@@ -41,12 +41,12 @@ MAX_ELEMENTS = 2**25  # a dense kernel larger than this (256 MiB in float64): th
 class Kernel:
     """v = weight * x on `window`; diagonal: weight is [C, 1, kh, kw] and couples channel c with c only."""
 
-    weight: torch.Tensor | None  # None: the identity (x itself)
+    weight: torch.Tensor
     window: Window
     diagonal: bool
 
     def dense(self, c_in: int) -> torch.Tensor | None:
-        w = self.weight if self.weight is not None else torch.ones(c_in, 1, 1, 1, dtype=torch.float64)
+        w = self.weight
         if not self.diagonal:
             return w
         if w.shape[0] * c_in * w.shape[2] * w.shape[3] > MAX_ELEMENTS:
@@ -62,15 +62,12 @@ def _then(k: Kernel, op: torch.Tensor, stride, pad, depthwise: bool, c_in: int) 
     s = k.window.stride
     if depthwise:  # D[c] (*)_T K[c]: each channel's kernel by its own
         c = op.shape[0]
-        if k.weight is None or k.diagonal:
-            w = op if k.weight is None else F.conv_transpose2d(op.reshape(1, c, *op.shape[2:]), k.weight, stride=s,
-                                                              groups=c).reshape(c, 1, *window.size)
-            return Kernel(w, window, True)
+        if k.diagonal:
+            w = F.conv_transpose2d(op.reshape(1, c, *op.shape[2:]), k.weight, stride=s, groups=c)
+            return Kernel(w.reshape(c, 1, *window.size), window, True)
         c_x = k.weight.shape[1]
         w = F.conv_transpose2d(op.reshape(1, c, *op.shape[2:]), k.weight, stride=s, groups=c)
         return Kernel(w.reshape(c, c_x, *window.size), window, False)
-    if k.weight is None:  # W * x
-        return Kernel(op, window, False)
     if k.diagonal:  # W (*)_T diag: input channel i meets only K[i]
         return Kernel(F.conv_transpose2d(op, k.weight, stride=s, groups=op.shape[1]), window, False)
     if op.shape[0] * k.weight.shape[1] * window.size[0] * window.size[1] > MAX_ELEMENTS:
@@ -80,12 +77,11 @@ def _then(k: Kernel, op: torch.Tensor, stride, pad, depthwise: bool, c_in: int) 
 
 def _scaled(k: Kernel, scale, c_in: int) -> Kernel | None:
     """scale (a number, or a [C] tensor: one per channel) times k."""
-    w = k.weight if k.weight is not None else torch.ones(c_in, 1, 1, 1, dtype=torch.float64)
     if isinstance(scale, torch.Tensor):
-        if scale.numel() not in (1, w.shape[0]):
+        if scale.numel() not in (1, k.weight.shape[0]):
             return None
         scale = scale.reshape(-1, 1, 1, 1).to(torch.float64)
-    return Kernel(w * scale, k.window, k.diagonal or k.weight is None)
+    return Kernel(k.weight * scale, k.window, k.diagonal)
 
 
 def _per_channel(c) -> object:
@@ -100,9 +96,8 @@ def _sum(a: Kernel, b: Kernel, sign: float, c_in: int) -> Kernel | None:
     window = Window.merge([a.window, b.window])
     if window is None:
         return None
-    diagonal = (a.diagonal or a.weight is None) and (b.diagonal or b.weight is None)
-    parts = [(k.weight if k.weight is not None else torch.ones(c_in, 1, 1, 1, dtype=torch.float64))
-             if diagonal else k.dense(c_in) for k in (a, b)]
+    diagonal = a.diagonal and b.diagonal
+    parts = [k.weight if diagonal else k.dense(c_in) for k in (a, b)]
     if any(p is None for p in parts) or parts[0].shape[:2] != parts[1].shape[:2]:
         return None
     out = torch.zeros(*parts[0].shape[:2], *window.size, dtype=torch.float64)
@@ -131,7 +126,7 @@ def _conv(gm, node, v: Kernel, c_in: int) -> Kernel | None:
 def _avg_pool(gm, node, v: Kernel, c_in: int) -> Kernel | None:
     args = list(node.args) + [None] * 7
     kernel, stride, pad = pair(args[1]), pair(args[2] or args[1]), pair(args[3] or 0)
-    channels = v.weight.shape[0] if v.weight is not None else c_in
+    channels = v.weight.shape[0]
     ones = torch.full((channels, 1, *kernel), 1.0 / (kernel[0] * kernel[1]), dtype=torch.float64)
     return _then(v, ones, stride, pad, True, c_in)
 
@@ -147,15 +142,14 @@ def compose(sub: fx.GraphModule, window: Window, in_shape) -> tuple[torch.Tensor
     k: dict[fx.Node, object] = {}
     for node in sub.graph.nodes:
         if node.op == "placeholder":
-            k[node] = Kernel(None, IDENTITY, True)
+            k[node] = Kernel(torch.ones(c_in, 1, 1, 1, dtype=torch.float64), IDENTITY, True)  # x = Dirac * x
         elif node.op == "get_attr":
             continue
         elif node.op == "output":
             out = k.get(node.args[0])
             if not isinstance(out, Kernel) or out.window != window:
                 return None
-            return (out.weight if out.weight is not None else torch.ones(c_in, 1, 1, 1, dtype=torch.float64)), \
-                out.diagonal or out.weight is None
+            return out.weight, out.diagonal
         else:
             k[node] = _rule(sub, node, k, c_in)
             if k[node] is None:
